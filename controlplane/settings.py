@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     database_url: str = Field("sqlite:///./controlplane.db", description="SQLAlchemy URL of the store.")
     topic_partitions: int = Field(4, ge=1, description="Partitions of inference.events when the worker creates it.")
     consumer_group: str = Field("controlplane-worker", description="Kafka consumer group (the Faust app id).")
+    topic_events: str = Field(TOPIC_EVENTS, description="Topic of inference events.")
+    topic_dlq: str = Field(TOPIC_DLQ, description="Dead-letter topic: raw bytes of rejected messages, reason in headers.")
+    topic_findings: str = Field(TOPIC_FINDINGS, description="Topic the worker publishes findings to.")
+    topic_alerts: str = Field(TOPIC_ALERTS, description="Topic the worker publishes alerts to.")
 
     window_seconds: float = Field(60.0, gt=0, description="Length of a tumbling window, in event-time seconds.")
     window_grace_seconds: float = Field(10.0, ge=0, description="Event-time delay before a window closes.")

@@ -45,3 +45,25 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def check_current(url: str) -> None:
+    """Raise StoreError unless the database at `url` is at the latest revision."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from controlplane.store.engine import make_engine
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            current = MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot reach the database at {_redact(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
+    if current != head:
+        raise StoreError(
+            f"database at {_redact(url)} is at revision {current or 'none'}, expected {head}: run 'controlplane db upgrade'"
+        )

@@ -73,6 +73,7 @@ class WindowEvent(Base):
     model: Mapped[str] = mapped_column(String(200))
     window_start: Mapped[datetime]
     event_time: Mapped[datetime]
+    ingested_at: Mapped[datetime] = mapped_column(default=utcnow)
     event_id: Mapped[str] = mapped_column(String(200))
     features: Mapped[dict[str, Any]]
 

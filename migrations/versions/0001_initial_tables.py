@@ -94,6 +94,7 @@ def upgrade() -> None:
     sa.Column('model', sa.String(length=200), nullable=False),
     sa.Column('window_start', sa.DateTime(timezone=True), nullable=False),
     sa.Column('event_time', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('ingested_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('event_id', sa.String(length=200), nullable=False),
     sa.Column('features', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_window_events')),

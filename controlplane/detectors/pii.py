@@ -1,0 +1,120 @@
+"""Personal data found by pattern, with Presidio's predefined recognizers and no NLP engine.
+
+Presidio's `AnalyzerEngine` loads the spaCy model `en_core_web_lg` by default, which this
+project neither installs nor downloads. The recognizers used here are self-contained
+(regular expressions with checksums, and the `phonenumbers` library), so they are built
+directly and called without NLP artifacts. Without those artifacts Presidio's
+context-word boost is also off: scores are the recognizers' base scores.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from controlplane.detectors.normalize import normalize_with_offsets
+from controlplane.errors import DetectorError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
+OPTIONAL_ENTITIES = ("URL",)
+
+# Drops the "very weak" US_SSN patterns (score 0.05, any nine digits or a ZIP+4 code)
+# and the bare IPv6 "::" (0.1), and keeps phone numbers (0.4) and everything stronger.
+DEFAULT_MIN_SCORE = 0.4
+
+
+@dataclass(frozen=True)
+class PiiMatch:
+    """One piece of personal data at [start, end) of the original text."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+class PiiDetector:
+    """Finds emails, phone numbers, payment cards, IBANs, US SSNs and IP addresses in text."""
+
+    def __init__(self, entities: Sequence[str] = DEFAULT_ENTITIES, min_score: float = DEFAULT_MIN_SCORE) -> None:
+        unknown = sorted(set(entities) - set(DEFAULT_ENTITIES) - set(OPTIONAL_ENTITIES))
+        if unknown:
+            supported = ", ".join(DEFAULT_ENTITIES + OPTIONAL_ENTITIES)
+            raise ValueError(f"unsupported PII entity types {unknown}; choose from {supported}")
+        self.entities = tuple(entities)
+        self.min_score = min_score
+        self._recognizers = _build_recognizers(self.entities)
+
+    def find(self, text: str) -> list[PiiMatch]:
+        """Return the personal data in `text`, at offsets of `text` itself, ordered by start."""
+        if not text:
+            return []
+        normalized = normalize_with_offsets(text)
+        found = []
+        for recognizer in self._recognizers:
+            for result in recognizer.analyze(normalized.text, list(recognizer.supported_entities), None):
+                if result.score >= self.min_score:
+                    start, end = normalized.to_original(result.start, result.end)
+                    found.append(PiiMatch(result.entity_type, start, end, float(result.score)))
+        return _drop_overlaps(found)
+
+
+def _drop_overlaps(matches: list[PiiMatch]) -> list[PiiMatch]:
+    # One label per stretch of text: a card number is not also counted as a phone
+    # number. The higher score wins, then the longer match.
+    kept: list[PiiMatch] = []
+    for match in sorted(matches, key=lambda item: (-item.score, item.start - item.end, item.start)):
+        if all(match.end <= other.start or match.start >= other.end for other in kept):
+            kept.append(match)
+    return sorted(kept, key=lambda item: (item.start, item.end))
+
+
+def _build_recognizers(entities: Sequence[str]) -> list:
+    try:
+        factories = _recognizer_factories()
+        return [factories[entity]() for entity in entities]
+    except (ImportError, OSError) as error:
+        message = f"PII recognizers failed to load: {error}. Reinstall presidio-analyzer and tldextract."
+        raise DetectorError(message) from error
+
+
+def _recognizer_factories() -> dict[str, Callable[[], object]]:
+    # Importing presidio_analyzer takes seconds (it imports spaCy and transformers), so it
+    # happens when a detector is built, not when this module is imported.
+    from presidio_analyzer.predefined_recognizers import (
+        CreditCardRecognizer,
+        IbanRecognizer,
+        IpRecognizer,
+        PhoneRecognizer,
+        UrlRecognizer,
+        UsSsnRecognizer,
+    )
+
+    return {
+        "EMAIL_ADDRESS": _offline_email_recognizer,
+        "PHONE_NUMBER": PhoneRecognizer,
+        "CREDIT_CARD": CreditCardRecognizer,  # keeps only numbers that pass the Luhn check
+        "IBAN_CODE": IbanRecognizer,  # keeps only codes whose check digits are valid
+        "US_SSN": UsSsnRecognizer,
+        "IP_ADDRESS": IpRecognizer,
+        "URL": UrlRecognizer,
+    }
+
+
+def _offline_email_recognizer() -> object:
+    import tldextract
+    from presidio_analyzer.predefined_recognizers import EmailRecognizer
+
+    # Presidio validates the domain with `tldextract.extract`, whose default extractor
+    # downloads the Public Suffix List on first use. This one reads only the snapshot
+    # bundled with tldextract and writes no cache.
+    extract = tldextract.TLDExtract(cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True)
+
+    class OfflineEmailRecognizer(EmailRecognizer):
+        def validate_result(self, pattern_text: str) -> bool:
+            return extract(pattern_text).fqdn != ""
+
+    return OfflineEmailRecognizer()

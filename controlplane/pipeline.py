@@ -1,0 +1,92 @@
+"""The stream worker's unit of work, free of Faust: decode, score, store, close windows."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+from sqlalchemy import Engine, select
+
+from controlplane.detectors.safety import SafetyScorer
+from controlplane.errors import EventValidationError
+from controlplane.events.decode import decode_event
+from controlplane.features import EventScorer
+from controlplane.pricing import PriceTable
+from controlplane.settings import Settings
+from controlplane.store.models import ConsumerOffset
+from controlplane.store.sink import ClosedWindow, IngestResult, Record, Rejected, WindowSink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """A consumed Kafka message."""
+
+    partition: int
+    offset: int
+    value: bytes | None
+    key: bytes | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetterMessage:
+    """A rejected message, ready for inference.events.dlq."""
+
+    message: RawMessage
+    reason: str
+
+
+class Pipeline:
+    """Decodes and scores batches, and stores them through the sink."""
+
+    def __init__(self, engine: Engine, settings: Settings, topic: str) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.topic = topic
+        self.scorer = EventScorer(
+            PriceTable.load(settings.price_table), SafetyScorer(toxicity_threshold=settings.toxicity_threshold)
+        )
+        self.sink = WindowSink(engine, settings, topic)
+
+    def prepare(self, messages: Sequence[RawMessage]) -> tuple[list[Record], list[DeadLetterMessage]]:
+        """Decode and score a batch; messages already stored (below the stored offsets) are dropped."""
+        messages = self._unseen(messages)
+        decoded, records, dead = [], [], []
+        for message in messages:
+            try:
+                decoded.append((message, decode_event(message.value)))
+            except EventValidationError as exc:
+                size = len(message.value) if message.value is not None else 0
+                records.append(Record(message.partition, message.offset, Rejected(exc.reason, size)))
+                dead.append(DeadLetterMessage(message, exc.reason))
+        scored = self.scorer.score([event for _, event in decoded])
+        for (message, _), item in zip(decoded, scored, strict=True):
+            records.append(Record(message.partition, message.offset, item))
+        return records, dead
+
+    def store(self, records: Sequence[Record]) -> IngestResult:
+        """Store prepared records and their offsets in one transaction."""
+        return self.sink.ingest(records)
+
+    def close_due(self, partitions: set[int] | None) -> list[ClosedWindow]:
+        """Close the windows of `partitions` that are due."""
+        return self.sink.close_due(partitions)
+
+    def _unseen(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
+        partitions = {message.partition for message in messages}
+        with self.engine.connect() as connection:
+            stored = dict(
+                connection.execute(
+                    select(ConsumerOffset.partition, ConsumerOffset.next_offset).where(
+                        ConsumerOffset.group_id == self.settings.consumer_group,
+                        ConsumerOffset.topic == self.topic,
+                        ConsumerOffset.partition.in_(partitions),
+                    )
+                ).all()
+            )
+        fresh = [message for message in messages if message.offset >= stored.get(message.partition, 0)]
+        if len(fresh) < len(messages):
+            log.info("skipped %d redelivered messages already stored", len(messages) - len(fresh))
+        return fresh

@@ -1,0 +1,353 @@
+"""The worker's SQL sink: exactly-once effect of consumed messages on the store.
+
+Every ingest writes the batch's rows and the next offset of each partition in one transaction,
+and skips messages below the stored offset, so a redelivered message (after a crash, a rebalance
+or a lagging Kafka commit) is never counted twice. Closing a window moves its buffered rows into
+window statistics and findings in one transaction, keyed by (app, model, window start).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Sequence
+
+from sqlalchemy import Engine, delete, func, select
+from sqlalchemy.orm import Session
+
+from controlplane.alerting import open_or_update_alert
+from controlplane.detectors.drift import DriftSettings
+from controlplane.detectors.window_checks import (
+    FindingSpec,
+    check_safety_rate,
+    check_unpriced,
+    check_window_drift,
+    reference_rows,
+)
+from controlplane.features import ScoredEvent
+from controlplane.settings import Settings
+from controlplane.store.engine import transaction
+from controlplane.store.models import (
+    Alert,
+    ConsumerOffset,
+    DeadLetter,
+    DriftReference,
+    Finding,
+    FlaggedInteraction,
+    WindowEvent,
+    WindowStats,
+    utcnow,
+)
+from controlplane.store.upsert import insert_ignore
+from controlplane.windows import OpenWindow, as_utc, due_windows, summarize, window_start
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A message that failed decoding or validation."""
+
+    reason: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One consumed message: its position and either a scored event or the rejection."""
+
+    partition: int
+    offset: int
+    item: ScoredEvent | Rejected
+
+
+@dataclass
+class IngestResult:
+    """What one ingest wrote."""
+
+    stored: int = 0
+    rejected: int = 0
+    skipped_duplicates: int = 0
+    flagged: int = 0
+
+
+@dataclass
+class ClosedWindow:
+    """What closing one window wrote."""
+
+    stats_id: int
+    event_count: int
+    late: bool
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+class WindowSink:
+    """Writes ingested batches and closed windows for one consumer group and topic."""
+
+    def __init__(self, engine: Engine, settings: Settings, topic: str) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.topic = topic
+        self.group_id = settings.consumer_group
+        self.drift_settings = DriftSettings(
+            min_rows=settings.drift_min_rows, threshold=settings.drift_threshold, drift_share=settings.drift_share
+        )
+
+    # ----- ingest -----
+
+    def ingest(self, records: Sequence[Record]) -> IngestResult:
+        """Store a batch and advance the stored offsets in one transaction."""
+        result = IngestResult()
+        if not records:
+            return result
+        with transaction(self.engine) as session:
+            next_offsets = self._lock_offsets(session, {record.partition for record in records})
+            fresh = [record for record in records if record.offset >= next_offsets[record.partition]]
+            result.skipped_duplicates = len(records) - len(fresh)
+            self._write_records(session, fresh, result)
+            for record in fresh:
+                next_offsets[record.partition] = max(next_offsets[record.partition], record.offset + 1)
+            self._store_offsets(session, next_offsets)
+        return result
+
+    def _lock_offsets(self, session: Session, partitions: set[int]) -> dict[int, int]:
+        insert_ignore(
+            session,
+            ConsumerOffset,
+            [
+                {"group_id": self.group_id, "topic": self.topic, "partition": partition, "next_offset": 0, "updated_at": utcnow()}
+                for partition in partitions
+            ],
+            ["group_id", "topic", "partition"],
+        )
+        rows = session.execute(
+            select(ConsumerOffset.partition, ConsumerOffset.next_offset)
+            .where(
+                ConsumerOffset.group_id == self.group_id,
+                ConsumerOffset.topic == self.topic,
+                ConsumerOffset.partition.in_(partitions),
+            )
+            .with_for_update()
+        )
+        return {partition: next_offset for partition, next_offset in rows}
+
+    def _store_offsets(self, session: Session, next_offsets: dict[int, int]) -> None:
+        for partition, next_offset in next_offsets.items():
+            row = session.get(ConsumerOffset, (self.group_id, self.topic, partition))
+            row.next_offset = next_offset
+            row.updated_at = utcnow()
+
+    def _write_records(self, session: Session, records: Sequence[Record], result: IngestResult) -> None:
+        events, flagged, dead = [], [], []
+        now = utcnow()
+        for record in records:
+            item = record.item
+            if isinstance(item, Rejected):
+                dead.append(
+                    {"topic": self.topic, "partition": record.partition, "offset": record.offset,
+                     "reason": item.reason, "size_bytes": item.size_bytes, "created_at": now}
+                )
+                continue
+            event = item.event
+            events.append(
+                {
+                    "topic": self.topic,
+                    "partition": record.partition,
+                    "offset": record.offset,
+                    "app": event.app,
+                    "model": event.model,
+                    "window_start": window_start(event.timestamp, self.settings.window_seconds),
+                    "event_time": event.timestamp,
+                    "ingested_at": now,
+                    "event_id": event.event_id,
+                    "features": item.features,
+                }
+            )
+            if item.safety.flagged:
+                flagged.append(
+                    {
+                        "event_id": event.event_id,
+                        "app": event.app,
+                        "model": event.model,
+                        "event_time": event.timestamp,
+                        "detectors": item.safety.to_json(),
+                        "prompt": event.prompt_text(),
+                        "completion": event.completion,
+                        "created_at": now,
+                    }
+                )
+        insert_ignore(session, WindowEvent, events, ["topic", "partition", "offset"])
+        insert_ignore(session, FlaggedInteraction, flagged, ["event_id"])
+        insert_ignore(session, DeadLetter, dead, ["topic", "partition", "offset"])
+        result.stored += len(events)
+        result.rejected += len(dead)
+        result.flagged += len(flagged)
+
+    # ----- windows -----
+
+    def open_windows(self, partitions: set[int] | None = None) -> list[OpenWindow]:
+        """List windows with buffered events, for the given partitions (all when None)."""
+        query = (
+            select(
+                WindowEvent.app,
+                WindowEvent.model,
+                WindowEvent.window_start,
+                WindowEvent.partition,
+                func.count(),
+                func.max(WindowEvent.event_time),
+                func.max(WindowEvent.ingested_at),
+            )
+            .where(WindowEvent.topic == self.topic)
+            .group_by(WindowEvent.app, WindowEvent.model, WindowEvent.window_start, WindowEvent.partition)
+        )
+        if partitions is not None:
+            query = query.where(WindowEvent.partition.in_(partitions))
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return [
+            OpenWindow(app, model, as_utc(start), partition, count, as_utc(max_event), as_utc(max_ingest))
+            for app, model, start, partition, count, max_event, max_ingest in rows
+        ]
+
+    def close_due(self, partitions: set[int] | None, now: datetime | None = None) -> list[ClosedWindow]:
+        """Close every window that is due by event time or by wall-clock idleness."""
+        settings = self.settings
+        due = due_windows(
+            self.open_windows(partitions),
+            settings.window_seconds,
+            settings.window_grace_seconds,
+            settings.window_idle_close_seconds,
+            now or utcnow(),
+        )
+        closed = []
+        for window in due:
+            outcome = self.close_window(window)
+            if outcome is not None:
+                closed.append(outcome)
+        return closed
+
+    def close_window(self, window: OpenWindow) -> ClosedWindow | None:
+        """Move one window's buffered rows into statistics and findings, in one transaction."""
+        started = time.perf_counter()
+        with transaction(self.engine) as session:
+            rows = self._take_rows(session, window)
+            if not rows:
+                return None
+            existing = session.scalar(
+                select(WindowStats).where(
+                    WindowStats.app == window.app, WindowStats.model == window.model,
+                    WindowStats.window_start == window.start,
+                )
+            )
+            if existing is not None:
+                outcome = self._merge_late(existing, rows)
+            else:
+                outcome = self._close_new(session, window, rows)
+        log.info(
+            "window closed app=%s model=%s start=%s events=%d late=%s findings=%d in %.2fs",
+            window.app, window.model, window.start.isoformat(), outcome.event_count, outcome.late,
+            len(outcome.findings), time.perf_counter() - started,
+        )
+        return outcome
+
+    def _take_rows(self, session: Session, window: OpenWindow) -> list[dict[str, Any]]:
+        # FOR UPDATE makes a second closer of the same window wait, then find the rows gone.
+        condition = (
+            (WindowEvent.topic == self.topic)
+            & (WindowEvent.app == window.app)
+            & (WindowEvent.model == window.model)
+            & (WindowEvent.window_start == window.start)
+        )
+        rows = session.execute(
+            select(WindowEvent.id, WindowEvent.features).where(condition).order_by(WindowEvent.event_time).with_for_update()
+        ).all()
+        if rows:
+            session.execute(delete(WindowEvent).where(WindowEvent.id.in_([row.id for row in rows])))
+        return [row.features for row in rows]
+
+    def _merge_late(self, stats: WindowStats, rows: list[dict[str, Any]]) -> ClosedWindow:
+        # Events that arrive after their window closed still count, but the checks are not rerun.
+        summary = summarize(rows)
+        stats.event_count += summary["event_count"]
+        stats.late_event_count += summary["event_count"]
+        stats.error_count += summary["error_count"]
+        stats.flagged_count += summary["flagged_count"]
+        stats.pii_count += summary["pii_count"]
+        stats.toxic_count += summary["toxic_count"]
+        stats.unpriced_count += summary["unpriced_count"]
+        stats.usage_unknown_count += summary["usage_unknown_count"]
+        for column in ("input_tokens", "output_tokens", "cost_usd"):
+            if summary[column] is not None:
+                setattr(stats, column, (getattr(stats, column) or 0) + summary[column])
+        return ClosedWindow(stats.id, summary["event_count"], late=True)
+
+    def _close_new(self, session: Session, window: OpenWindow, rows: list[dict[str, Any]]) -> ClosedWindow:
+        reference = session.scalar(
+            select(DriftReference).where(DriftReference.app == window.app, DriftReference.model == window.model)
+        )
+        findings: list[FindingSpec] = []
+        if reference is None:
+            drift_status, drift_share, drift_details = self._maybe_set_reference(session, window, rows)
+            reference_rows_ = []
+        else:
+            reference_rows_ = reference.rows
+            drift, drift_findings = check_window_drift(reference_rows_, rows, self.drift_settings)
+            findings += drift_findings
+            drift_status, drift_share, drift_details = drift.status, drift.drift_share, drift.to_json()
+        if reference_rows_:
+            findings += check_safety_rate(reference_rows_, rows)
+        findings += check_unpriced(rows, [window.model])
+
+        end = window.start + timedelta(seconds=self.settings.window_seconds)
+        stats = WindowStats(
+            app=window.app, model=window.model, window_start=window.start, window_end=end,
+            drift_status=drift_status, drift_share=drift_share, details={"drift": drift_details}, **summarize(rows),
+        )
+        session.add(stats)
+        session.flush()
+        outcome = ClosedWindow(stats.id, stats.event_count, late=False)
+        for spec in findings:
+            finding = Finding(
+                kind=spec.kind, subject=spec.subject, app=window.app, model=window.model,
+                window_start=window.start, window_end=end, severity=spec.severity, summary=spec.summary,
+                sample_size=spec.sample_size, test=spec.test, score=spec.score, threshold=spec.threshold,
+                details=spec.details,
+            )
+            session.add(finding)
+            session.flush()
+            alert = open_or_update_alert(session, finding)
+            outcome.findings.append(_finding_message(finding))
+            outcome.alerts.append(_alert_message(alert))
+        return outcome
+
+    def _maybe_set_reference(
+        self, session: Session, window: OpenWindow, rows: list[dict[str, Any]]
+    ) -> tuple[str, float | None, dict[str, Any]]:
+        # Without a reference, the first window large enough becomes it; smaller ones wait.
+        if len(rows) < self.settings.drift_min_rows:
+            return "no_reference", None, {"reason": f"{len(rows)} rows, reference needs {self.settings.drift_min_rows}"}
+        kept = reference_rows(rows, self.settings.reference_max_rows)
+        session.add(
+            DriftReference(app=window.app, model=window.model, source_window_start=window.start, row_count=len(kept), rows=kept)
+        )
+        log.info("drift reference set app=%s model=%s from window %s rows=%d", window.app, window.model, window.start, len(kept))
+        return "reference_set", None, {"reference_rows": len(kept)}
+
+
+def _finding_message(finding: Finding) -> dict[str, Any]:
+    return {
+        "id": finding.id, "kind": finding.kind, "subject": finding.subject, "app": finding.app,
+        "model": finding.model, "window_start": finding.window_start.isoformat(), "severity": finding.severity,
+        "summary": finding.summary, "score": finding.score, "threshold": finding.threshold,
+    }
+
+
+def _alert_message(alert: Alert) -> dict[str, Any]:
+    return {
+        "id": alert.id, "fingerprint": alert.fingerprint, "status": alert.status, "severity": alert.severity,
+        "title": alert.title, "app": alert.app, "model": alert.model, "occurrences": alert.occurrences,
+        "finding_id": alert.finding_id,
+    }

@@ -1,0 +1,121 @@
+"""The Faust app: topics, the ingest agent and the window-closing timer.
+
+Thin on purpose: every decision is made in controlplane.pipeline; this module moves messages
+between Kafka and that pipeline, and runs the blocking work in one worker thread so that the
+event loop keeps heartbeating to the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
+
+import faust
+from sqlalchemy.exc import OperationalError
+
+from controlplane.pipeline import DeadLetterMessage, Pipeline, RawMessage
+from controlplane.settings import Settings
+from controlplane.store.engine import make_engine
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_BACKOFF_S = 30.0
+
+
+def create_app(settings: Settings) -> faust.App:
+    """Build the Faust app with its agent and timer for `settings`."""
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=1,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+    )
+    events = app.topic(settings.topic_events, value_type=bytes, key_type=bytes)
+    dlq = app.topic(settings.topic_dlq, value_type=bytes, key_type=bytes)
+    findings_topic = app.topic(settings.topic_findings, value_type=bytes, key_type=bytes)
+    alerts_topic = app.topic(settings.topic_alerts, value_type=bytes, key_type=bytes)
+
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
+    state: dict[str, Pipeline] = {}
+
+    async def run(function: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
+
+    async def pipeline() -> Pipeline:
+        if "pipeline" not in state:
+            state["pipeline"] = await run(Pipeline, make_engine(settings.database_url), settings, settings.topic_events)
+        return state["pipeline"]
+
+    @app.agent(events)
+    async def ingest(stream: faust.Stream) -> None:
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_timeout_seconds):
+            messages = [
+                RawMessage(event.message.partition, event.message.offset, event.message.value, event.message.key)
+                for event in batch
+            ]
+            worker = await pipeline()
+            records, dead = await _with_backoff(lambda: run(worker.prepare, messages), "prepare a batch")
+            await _send_dead_letters(dlq, settings.topic_events, dead)
+            result = await _with_backoff(lambda: run(worker.store, records), "store a batch")
+            if result.rejected or result.skipped_duplicates:
+                log.info(
+                    "batch stored=%d rejected=%d duplicates=%d flagged=%d",
+                    result.stored, result.rejected, result.skipped_duplicates, result.flagged,
+                )
+
+    @app.timer(interval=1.0)
+    async def close_windows() -> None:
+        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_events}
+        if not partitions:
+            return
+        worker = await pipeline()
+        try:
+            closed = await run(worker.close_due, partitions)
+        except OperationalError as exc:
+            log.warning("closing windows failed, will retry in 1s: %s", exc.orig)
+            return
+        for window in closed:
+            for finding in window.findings:
+                await findings_topic.send(key=finding["app"].encode(), value=json.dumps(finding).encode())
+            for alert in window.alerts:
+                await alerts_topic.send(key=alert["fingerprint"].encode(), value=json.dumps(alert).encode())
+
+    return app
+
+
+async def _send_dead_letters(dlq: faust.TopicT, source_topic: str, dead: list[DeadLetterMessage]) -> None:
+    futures = []
+    for letter in dead:
+        headers = {
+            "reason": letter.reason.encode("utf-8"),
+            "source-topic": source_topic.encode(),
+            "source-partition": str(letter.message.partition).encode(),
+            "source-offset": str(letter.message.offset).encode(),
+        }
+        futures.append(await dlq.send(key=letter.message.key, value=letter.message.value or b"", headers=headers))
+    if futures:
+        await asyncio.gather(*futures)
+        log.warning("sent %d rejected messages to %s", len(futures), dlq.get_topic_name())
+
+
+async def _with_backoff(step: Callable[[], Any], what: str) -> Any:
+    # The database may be away for a while (restart, failover): wait and retry the same batch,
+    # never skip it, so that nothing is lost.
+    delay = 0.5
+    while True:
+        try:
+            return await step()
+        except OperationalError as exc:
+            log.warning("database unavailable, failed to %s; retrying in %.1fs: %s", what, delay, exc.orig)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)

@@ -1,0 +1,20 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATASETS = Path(os.environ.get("CONTROLPLANE_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """The public datasets folder; tests that read it skip where it is absent (a user's machine)."""
+    if not DATASETS.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"datasets folder {DATASETS} is missing; CI runs with ../shared beside the repository")
+        pytest.skip(f"datasets folder {DATASETS} is absent; set CONTROLPLANE_DATASETS to run this test")
+    return DATASETS

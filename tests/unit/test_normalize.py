@@ -1,0 +1,76 @@
+"""Text normalization shared by the detectors."""
+
+import pytest
+
+from controlplane.detectors.normalize import fold_leetspeak, normalize, normalize_with_offsets
+
+NORMALIZE_CASES = [
+    ("plain ASCII", "Sort a list in Python.", "Sort a list in Python."),
+    ("zero-width space", "f\u200bo\u200co\u200dl", "fool"),
+    ("bidi controls", "a\u202eb\u202c\u2066c\u2069", "abc"),
+    ("byte-order mark and soft hyphen", "\ufeffwa\u00adter", "water"),
+    ("fullwidth letters", "ｆｏｏｌ", "fool"),
+    ("mathematical bold", "𝐟𝐨𝐨𝐥", "fool"),
+    ("Cyrillic look-alikes", "ѕсоре", "scope"),
+    ("Greek look-alikes", "ιdιοt", "idiot"),
+    ("ligature", "ﬁne", "fine"),
+    ("en dash in a number", "555–0132", "555-0132"),
+    ("curly quotes", "“don’t”", "\"don't\""),
+    ("combining accent composes", "e\u0301cole", "\u00e9cole"),
+    ("non-breaking space", "a\u00a0b", "a b"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), NORMALIZE_CASES, ids=[case[0] for case in NORMALIZE_CASES])
+def test_normalize_cases(case, text, expected):
+    assert normalize(text) == expected
+
+
+OFFSET_CASES = [
+    # (text, span in normalized text, expected span in original text)
+    ("plain text", (0, 5), (0, 5)),
+    ("x\u200by fi", (0, 2), (0, 3)),
+    ("x\u200by \ufb01", (3, 5), (4, 5)),
+    ("x\u200by \ufb01", (4, 5), (4, 5)),
+    ("e\u0301t\u00e9", (0, 1), (0, 2)),
+    ("a\u200b", (1, 1), (2, 2)),
+]
+
+
+@pytest.mark.parametrize(("text", "span", "expected"), OFFSET_CASES)
+def test_offsets_map_to_original(text, span, expected):
+    assert normalize_with_offsets(text).to_original(*span) == expected
+
+
+def test_offsets_cover_hidden_characters():
+    text = "mail j\u200bo@exa\u200bmple.com"
+    normalized = normalize_with_offsets(text)
+
+    start = normalized.text.index("jo@")
+    start, end = normalized.to_original(start, len(normalized.text))
+
+    assert normalized.text == "mail jo@example.com"
+    assert text[start:end] == "j\u200bo@exa\u200bmple.com"
+
+
+LEET_CASES = [
+    ("digit for vowel", "sh1t", "shit"),
+    ("several digits", "1d10t", "idiot"),
+    ("digits for s", "a55hole", "asshole"),
+    ("dollar for s", "$hit", "shit"),
+    ("at sign for a", "@ss", "ass"),
+    ("bang inside a word", "k!ll", "kill"),
+    ("sentence bang kept", "Hello!", "Hello!"),
+    ("bang inside and after", "sh!t!", "shit!"),
+    ("number kept", "in 2024 we", "in 2024 we"),
+    ("lone digit kept", "I have 3 apples", "I have 3 apples"),
+    ("spaced letters joined", "f o o l you", "fool you"),
+    ("dotted letters joined", "f.o.o.l", "fool"),
+    ("letter runs collapsed", "shiiiit", "shit"),
+    ("double letters kept", "all good", "all good"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), LEET_CASES, ids=[case[0] for case in LEET_CASES])
+def test_fold_leetspeak_cases(case, text, expected):
+    assert fold_leetspeak(text) == expected
