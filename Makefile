@@ -56,7 +56,7 @@ test: venv services
 	if [ $$status -eq 5 ]; then \
 	  echo "make test: pytest collected no tests (exit 5); check PYTEST_ARGS ('$(PYTEST_ARGS)') and tests/" >&2; \
 	fi; \
-	if [ "$(STOP)" = 1 ]; then $(MAKE) --no-print-directory services-stop; fi; \
+	if [ "$(STOP)" = 1 ]; then scripts/kafka.sh stop; scripts/postgres.sh stop; fi; \
 	exit $$status
 
 # The demo uses the services started here unless CONTROLPLANE_* already point elsewhere.

@@ -1,18 +1,19 @@
 """The price table: dated per-model prices in USD per 1M tokens, and the cost of one call.
 
 Token counts follow `controlplane.events.schema.Usage`: `input_tokens` includes the cached
-prompt tokens and `output_tokens` includes the reasoning tokens (OpenAI's convention;
-adapters add Anthropic's separately reported cache reads and writes back in). So
+prompt tokens and `output_tokens` includes the reasoning tokens, as OpenAI reports them.
+Anthropic reports input tokens without cache reads and writes, so an adapter for it must
+add those to `input_tokens`. The cost is then
 
     cost = (input - cached - cache_write) * input_price
          + cached * cached_input_price + cache_write * cache_write_price
          + (output - reasoning) * output_price + reasoning * reasoning_price
 
 divided by one million. A missing cached, cache-write or reasoning count is taken as 0.
-The cost is unknown (None) when input or output tokens are missing, when the model has no
-price at that date, and when the counts contradict each other (cached plus cache-write
-tokens above input tokens, or reasoning above output tokens), because such usage was
-most likely reported in another convention and any number computed from it would be wrong.
+The cost is unknown (None) when input or output tokens are missing or the model has no
+price at that date. It is also unknown when the counts contradict each other: cached plus
+cache-write tokens above input tokens, or reasoning above output tokens. Such usage was
+most likely reported in another convention, so any number computed from it would be wrong.
 """
 
 from __future__ import annotations
@@ -43,17 +44,19 @@ _VERSION_SUFFIX = re.compile(
     r"(?:@[\w.-]*|-v\d+(?::\d+)?|:\d+|-\d{4}-\d{2}-\d{2}|-\d{8}|-(?:0[1-9]|1[0-2])\d{2}|-\d{3}|-latest)$"
 )
 _MAX_WARNED_MODELS = 1000
+_MAX_REPORTED_PROBLEMS = 5
 
 
 class _PriceEntry(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Strict, so that `true` or a quoted "3" in the file is an error and not a price.
     effective_from: date
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0)
-    cache_write: float | None = Field(None, ge=0)
-    reasoning: float | None = Field(None, ge=0)
+    input: float = Field(ge=0, strict=True)
+    output: float = Field(ge=0, strict=True)
+    cached_input: float | None = Field(None, ge=0, strict=True)
+    cache_write: float | None = Field(None, ge=0, strict=True)
+    reasoning: float | None = Field(None, ge=0, strict=True)
 
 
 class _PriceFile(BaseModel):
@@ -158,13 +161,13 @@ class PriceTable:
             return None
         problem = usage_problem(usage)
         if problem is not None:
-            self._warn_once(model, "inconsistent usage for model %r: %s; its cost stays unknown", model, problem)
+            self._warn_once(model, "inconsistent usage for model %r: %s, so its cost stays unknown", model, problem)
             return None
         return price.cost(usage)
 
     def _warn_once(self, model: str, message: str, *args: object) -> None:
-        # Once per model id and table, so a stream of unpriced events logs one line per
-        # model; the set is capped because model ids come from event data.
+        # A stream of unpriced events logs one warning per model id and table. The set
+        # is capped because model ids come from event data.
         if model in self._warned or len(self._warned) >= _MAX_WARNED_MODELS:
             logger.debug(message, *args)
             return
@@ -199,11 +202,13 @@ def _read_price_file(source: Path) -> _PriceFile:
     try:
         return _PriceFile.model_validate(raw)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "(top level)"
-        raise ConfigurationError(
-            f"price table {source} is invalid at {field}: {first['msg']} (got {first.get('input')!r}). {fix}"
-        ) from error
+        problems = "; ".join(_describe(problem) for problem in error.errors()[:_MAX_REPORTED_PROBLEMS])
+        raise ConfigurationError(f"price table {source} is invalid: {problems}. {fix}") from error
+
+
+def _describe(problem: dict) -> str:
+    field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    return f"{field}: {problem['msg']} (got {problem.get('input')!r})"
 
 
 def _model_prices(source: Path, model: str, entries: list[_PriceEntry]) -> tuple[ModelPrice, ...]:

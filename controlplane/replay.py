@@ -2,7 +2,7 @@
 
 A replay is a list of segments played one after another on a synthetic event-time clock.
 A segment takes every row of one file in file order, or draws a fixed number of rows from one
-file or a weighted mix of files with a seeded RNG. `FieldMapping` says how a row becomes an
+file or a weighted mix of files with a seeded RNG. `FieldMapping` defines how a row becomes an
 inference event, and `replay` produces the events to Kafka.
 
 Bad rows: by default the first row that cannot become an event raises `SourceRowError`, which
@@ -67,16 +67,16 @@ class SourceRowError(ConfigurationError):
 
 
 class FieldMapping(BaseModel):
-    """How the fields of one source row become an inference event.
+    """Rules that turn the fields of one source row into an inference event.
 
-    app, route, model and model_version take a constant, or `@FIELD` to read the value from each row.
+    app, route, model and model_version take a constant, or `@FIELD`, which reads the value from each row.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     extractor: Literal["fields", "hh-rlhf"] = Field("fields", description="`hh-rlhf` splits a dialogue into messages.")
-    prompt: tuple[str, ...] = Field(("instruction", "input"), description="Fields joined by a blank line; empty ones skipped.")
-    completion: str | None = Field("output", description="Field with the completion; none when empty.")
+    prompt: tuple[str, ...] = Field(("instruction", "input"), description="Fields joined by a blank line, skipping empty ones.")
+    completion: str | None = Field("output", description="Field with the completion, or none to leave it unknown.")
     dialogue: str = Field("rejected", description="hh-rlhf: field with the dialogue, `chosen` or `rejected`.")
     timestamp: str | None = Field(None, description="Field with the event time (ISO 8601 or epoch seconds).")
     app: str | None = None
@@ -106,7 +106,7 @@ class FieldMapping(BaseModel):
 
     @classmethod
     def parse(cls, spec: str) -> FieldMapping:
-        """Parse the CLI form `key=value,key=value`; a bare key sets a flag to true."""
+        """Parse the CLI form `key=value,key=value`, where a bare key sets a flag to true."""
         options: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in spec.split(","))):
             key, sep, value = item.partition("=")
@@ -115,7 +115,7 @@ class FieldMapping(BaseModel):
 
 
 def load_mapping(spec: FieldMapping | Mapping[str, Any] | str | Path) -> FieldMapping:
-    """Load a mapping from a dict, a YAML file path or the CLI form; raise ConfigurationError when invalid."""
+    """Load a mapping from a dict, a YAML file path or the CLI form, or raise ConfigurationError."""
     if isinstance(spec, FieldMapping):
         return spec
     if isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
@@ -125,11 +125,13 @@ def load_mapping(spec: FieldMapping | Mapping[str, Any] | str | Path) -> FieldMa
         spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     if isinstance(spec, str):
         return FieldMapping.parse(spec)
+    if not isinstance(spec, Mapping):
+        raise ConfigurationError(f"invalid field mapping {spec!r}: expected key-value pairs")
     try:
         return FieldMapping.model_validate(dict(spec))
     except ValidationError as exc:
         keys = ", ".join(FieldMapping.model_fields)
-        raise ConfigurationError(f"invalid field mapping {dict(spec)!r}: {_describe(exc)}; valid keys: {keys}") from exc
+        raise ConfigurationError(f"invalid field mapping {dict(spec)!r}: {_describe(exc)}. Valid keys: {keys}") from exc
 
 
 @dataclass(frozen=True)
@@ -146,11 +148,11 @@ class Source:
         if not self.path.is_file():
             raise ConfigurationError(f"replay file {self.path} not found")
         if self.weight <= 0:
-            raise ConfigurationError(f"weight of {self.path} is {self.weight}; it must be greater than 0")
+            raise ConfigurationError(f"weight of {self.path} must be greater than 0, not {self.weight}")
         for name in ("app", "model"):
             if getattr(self.mapping, name) is None:
                 raise ConfigurationError(
-                    f"mapping for {self.path} sets no {name}: add {name}=NAME, or {name}=@FIELD to read it from each row"
+                    f"mapping for {self.path} sets no {name}. Add {name}=NAME, or {name}=@FIELD to read it from each row"
                 )
 
 
@@ -159,7 +161,8 @@ class Segment:
     """A stretch of the timeline: every row of one file, or `rows` rows drawn from a weighted mix of files.
 
     `rate` is in events per event-time second. A segment without `start` begins where the previous one
-    ended, and the first one at the time the Timeline is created.
+    ended, and the first one at the time the Timeline is created. When a file has fewer usable rows than
+    its share of `rows`, its rows repeat, and each repeat gets its own event id.
     """
 
     name: str
@@ -178,9 +181,9 @@ class Segment:
         if self.rows is None and len(self.sources) > 1:
             raise ConfigurationError(f"segment {self.name!r} mixes {len(self.sources)} files, so it needs a row count")
         if self.rows is not None and self.rows < 1:
-            raise ConfigurationError(f"segment {self.name!r} has rows={self.rows}; it must be at least 1")
+            raise ConfigurationError(f"rows of segment {self.name!r} must be at least 1, not {self.rows}")
         if self.rate <= 0:
-            raise ConfigurationError(f"segment {self.name!r} has rate={self.rate}; it must be greater than 0")
+            raise ConfigurationError(f"rate of segment {self.name!r} must be greater than 0, not {self.rate}")
 
 
 @dataclass(frozen=True)
@@ -199,7 +202,7 @@ def read_rows(path: Path) -> Iterator[SourceRow | SourceRowError]:
         return _read_jsonl(path)
     if suffix == ".csv":
         return _read_csv(path)
-    raise ConfigurationError(f"{path}: unsupported file type {suffix!r}; replay reads .jsonl and .csv files")
+    raise ConfigurationError(f"cannot replay {path}: the file type {suffix!r} is not supported, only .jsonl and .csv")
 
 
 def _read_jsonl(path: Path) -> Iterator[SourceRow | SourceRowError]:
@@ -235,10 +238,10 @@ def _read_csv(path: Path) -> Iterator[SourceRow | SourceRowError]:
                 if header is not None and len(values) == len(header):
                     yield SourceRow(index, line, dict(zip(header, values)))
                 else:
-                    yield SourceRowError(path, line, f"{len(values)} columns, the header has {len(header or [])}")
+                    yield SourceRowError(path, line, f"row has {len(values)} columns but the header has {len(header or [])}")
                 index += 1
         except (csv.Error, UnicodeDecodeError) as exc:
-            # The reader cannot resynchronise after either error, so even skip_bad stops here.
+            # The reader cannot recover from either error, so reading stops even with skip_bad.
             raise SourceRowError(path, last_line + 1, f"invalid CSV, reading stopped: {exc}") from exc
 
 
@@ -269,7 +272,7 @@ def simulate_latency(output_tokens: int, rng: random.Random) -> float:
 class Timeline:
     """The events of segments played one after another, built lazily when iterated.
 
-    Iterating twice gives the same events; `skipped` counts the bad rows left out per segment.
+    Iterating twice gives the same events. `skipped` counts the bad rows left out per segment.
     """
 
     def __init__(self, segments: Sequence[Segment], now: datetime | None = None) -> None:
@@ -299,10 +302,10 @@ class Timeline:
         rng = random.Random(f"{segment.seed}:{position}")
         counts = _split_counts(segment.rows, [source.weight for source in segment.sources])
         pools = [iter(self._sample(source, segment, count, rng)) for source, count in zip(segment.sources, counts)]
-        order = [which for which, count in enumerate(counts) for _ in range(count)]
+        order = [source_position for source_position, count in enumerate(counts) for _ in range(count)]
         rng.shuffle(order)
-        for which in order:
-            yield (segment.sources[which], *next(pools[which]))
+        for source_position in order:
+            yield (segment.sources[source_position], *next(pools[source_position]))
 
     def _sample(self, source: Source, segment: Segment, count: int, rng: random.Random) -> list[tuple[InferenceEvent, int, int]]:
         if count == 0:
@@ -329,10 +332,12 @@ class Timeline:
         for row in read_rows(source.path):
             if isinstance(row, SourceRow):
                 try:
-                    yield row.index, _draft_event(row.data, source.mapping)
-                    continue
+                    draft = _draft_event(row.data, source.mapping)
                 except ValueError as exc:
                     row = SourceRowError(source.path, row.line, _describe(exc))
+                else:
+                    yield row.index, draft
+                    continue
             if not segment.skip_bad:
                 raise row
             skipped += 1
@@ -367,9 +372,9 @@ def parse_speedup(value: float | str) -> float:
     try:
         factor = float(value)
     except ValueError as exc:
-        raise ConfigurationError(f"invalid speedup {value!r}: expected a number or 'max'") from exc
+        raise ConfigurationError(f"invalid speedup {value!r}: expected a number of 0 or more, or 'max'") from exc
     if factor < 0 or math.isnan(factor):
-        raise ConfigurationError(f"invalid speedup {value!r}: it must be 0 (as fast as possible) or greater")
+        raise ConfigurationError(f"invalid speedup {value!r}: expected a number of 0 or more, or 'max'")
     return factor
 
 
@@ -398,7 +403,10 @@ async def replay(
     linger_ms: int = 20,
     request_timeout_ms: int = 15_000,
 ) -> ReplayStats:
-    """Produce events to Kafka, `speedup` times faster than their timestamps (0 or "max": no pacing)."""
+    """Produce events to Kafka, `speedup` times faster than their timestamps (0 or "max": no pacing).
+
+    Raises StreamError when Kafka is unreachable, the topic does not exist or a send fails.
+    """
     factor = parse_speedup(speedup)
     stats = ReplayStats(topic=topic, bootstrap=bootstrap)
     began = time.monotonic()
@@ -411,7 +419,7 @@ async def replay(
 
 
 async def produce_raw(values: list[bytes], bootstrap: str, topic: str, key: bytes | None = None) -> int:
-    """Produce raw message values as they are, for example malformed ones; return how many Kafka acknowledged."""
+    """Produce message values unchanged, malformed ones included, and return how many Kafka acknowledged."""
     async with _ProducerSession(bootstrap, topic, linger_ms=5, request_timeout_ms=15_000) as producer:
         futures = [await producer.send(topic, value=value, key=key) for value in values]
         await asyncio.gather(*futures)
@@ -421,14 +429,16 @@ async def produce_raw(values: list[bytes], bootstrap: str, topic: str, key: byte
 async def ensure_topics(
     bootstrap: str, topics: dict[str, int], replication_factor: int = 1, request_timeout_ms: int = 15_000
 ) -> list[str]:
-    """Create the topics that do not exist yet with the given partition counts; return the names created."""
+    """Create the missing topics with the given partition counts and return the names created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=request_timeout_ms)
     try:
         await admin.start()
         existing = {item["topic"]: len(item["partitions"]) for item in await admin.describe_topics()}
         for name, partitions in topics.items():
             if name in existing and existing[name] != partitions:
-                logger.warning("topic %s exists with %d partitions, not %d; left unchanged", name, existing[name], partitions)
+                logger.warning(
+                    "topic %s has %d partitions, not the %d requested, and is left unchanged", name, existing[name], partitions
+                )
         missing = [NewTopic(name, count, replication_factor) for name, count in topics.items() if name not in existing]
         if missing:
             response = await admin.create_topics(missing)
@@ -438,7 +448,7 @@ async def ensure_topics(
     finally:
         await admin.close()
     created = [topic.name for topic in missing]
-    logger.info("ensured topics %s on %s: created %s", sorted(topics), bootstrap, created or "none")
+    logger.info("topics %s are present on %s, created now: %s", sorted(topics), bootstrap, created or "none")
     return created
 
 
@@ -466,7 +476,7 @@ class _ProducerSession:
         except KafkaError as exc:
             await self.producer.stop()
             raise StreamError(
-                f"cannot connect to Kafka at {self.bootstrap}: {exc!r}; check that the broker is running "
+                f"cannot connect to Kafka at {self.bootstrap}: {exc!r}. Check that the broker is running "
                 "and that CONTROLPLANE_KAFKA_BOOTSTRAP names it"
             ) from exc
         await self._check_topic()
@@ -482,7 +492,7 @@ class _ProducerSession:
             raise StreamError(f"producing to topic {self.topic!r} on Kafka at {self.bootstrap} failed: {exc!r}") from exc
 
     async def _check_topic(self) -> None:
-        # A topic created a moment ago can be missing from the first metadata answer, so ask a few times.
+        # A topic created a moment ago can be missing from the first metadata response, so ask a few times.
         for attempt in range(TOPIC_METADATA_ATTEMPTS):
             try:
                 metadata = await self.producer.client.fetch_all_metadata()
@@ -494,8 +504,8 @@ class _ProducerSession:
             await asyncio.sleep(0.2 * (attempt + 1))
         await self.producer.stop()
         raise StreamError(
-                f"topic {self.topic!r} does not exist on Kafka at {self.bootstrap}; this broker may not create topics "
-                "on first use, so create it first (controlplane.replay.ensure_topics or the worker)"
+                f"topic {self.topic!r} does not exist on Kafka at {self.bootstrap}. Create it with "
+                "controlplane.replay.ensure_topics or by starting the worker, because brokers may not create topics on first use"
             )
 
 
@@ -542,7 +552,7 @@ async def _aiter(events: AsyncIterable[InferenceEvent] | Iterable[InferenceEvent
 
 
 def _draft_event(data: dict[str, Any], mapping: FieldMapping) -> InferenceEvent:
-    """Build the event of one row with a placeholder id; raise ValueError naming what is wrong."""
+    """Build the event of one row with a placeholder id, or raise ValueError naming what is wrong."""
     messages, prompt = None, None
     if mapping.extractor == "hh-rlhf":
         messages, completion = split_dialogue(_text(data, mapping.dialogue))
@@ -585,7 +595,7 @@ def _finish(
 
 def _text(data: dict[str, Any], name: str) -> str:
     if name not in data:
-        raise ValueError(f"field {name!r} not found; the row has {', '.join(map(repr, data)) or 'no fields'}")
+        raise ValueError(f"field {name!r} not found. The row has fields {', '.join(map(repr, data)) or '(none)'}")
     value = data[name]
     if value is None:
         return ""

@@ -1,8 +1,8 @@
 """The demo scenario: a baseline of one kind of traffic, then a shift to other traffic into the same app and model.
 
 The packaged demo plays code-assistant requests (codealpaca.jsonl), then role-play requests
-(gpteacher_roleplay.jsonl) mixed with red-team dialogues (hh_rlhf_harmless_test.jsonl, the
-more harmful `rejected` answers). Every event carries metadata["scenario_segment"], "baseline"
+(gpteacher_roleplay.jsonl) mixed with red-team dialogues (hh_rlhf_harmless_test.jsonl, with the
+more harmful `rejected` completions). Every event carries metadata["scenario_segment"], "baseline"
 or "shift", so checks can tell the two phases apart.
 """
 
@@ -50,7 +50,7 @@ def demo_scenario(
     datasets_dir = Path(datasets_dir)
     if not datasets_dir.is_dir():
         raise ConfigurationError(
-            f"datasets directory {datasets_dir} not found; it must contain {BASELINE_FILE}, {ROLEPLAY_FILE} and {RED_TEAM_FILE}"
+            f"datasets directory {datasets_dir} not found. It must contain {BASELINE_FILE}, {ROLEPLAY_FILE} and {RED_TEAM_FILE}"
         )
     return shift_scenario(
         baseline=[ScenarioSource(datasets_dir / BASELINE_FILE)],
@@ -84,13 +84,13 @@ def shift_scenario(
 ) -> list[Segment]:
     """Build a baseline segment and a shift segment from the files a user names, all into one app and model.
 
-    Each window of `window_seconds` event time holds `events_per_window` events, so windows line up
+    Each window of `window_seconds` event time contains `events_per_window` events, so windows line up
     with the worker's tumbling windows when `start` is a multiple of `window_seconds`. With
     `synthesize`, usage and latency are estimated and listed in metadata["synthetic"].
     """
     _check_positive(windows_baseline=windows_baseline, windows_shift=windows_shift, events_per_window=events_per_window)
     if window_seconds <= 0:
-        raise ConfigurationError(f"window_seconds is {window_seconds}; it must be greater than 0")
+        raise ConfigurationError(f"window_seconds must be greater than 0, not {window_seconds}")
     rate = events_per_window / window_seconds
     overrides = {"app": app, "model": model, "route": route, "synthesize_usage": synthesize, "synthesize_latency": synthesize}
     phases = [("baseline", baseline, windows_baseline), ("shift", shift, windows_shift)]
@@ -116,4 +116,4 @@ def _source(item: ScenarioSource, overrides: dict[str, object]) -> Source:
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
         if value < 1:
-            raise ConfigurationError(f"{name} is {value}; it must be at least 1")
+            raise ConfigurationError(f"{name} must be at least 1, not {value}")

@@ -1,10 +1,11 @@
 """Data drift of one window against a reference, checked per column with Evidently.
 
-Evidently chooses the statistical test of each column from the data: with a reference
-of at most 1000 non-missing values it runs a p-value test (K-S for numbers, chi-square
-or Z-test for categories), and above that a distance (normed Wasserstein, Jensen-Shannon).
-`DriftSettings.threshold` applies to the p-value tests only, because a p-value and a
-distance are not on the same scale; distance tests keep Evidently's default threshold of 0.1.
+Evidently (0.7.23) chooses the statistical test of each column from the data. When the
+reference has at most 1000 non-missing values it runs a p-value test: K-S for numbers,
+chi-square or Z-test for categories and for numbers with at most 5 distinct values. Above
+1000 it measures a distance (normed Wasserstein, Jensen-Shannon). `DriftSettings.threshold`
+applies to the p-value tests only, because a p-value and a distance are not on the same
+scale, so distance tests keep Evidently's default threshold of 0.1.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ logger = logging.getLogger(__name__)
 NUMERIC_FEATURES = ("prompt_chars", "completion_chars", "input_tokens", "output_tokens", "latency_ms")
 CATEGORICAL_FEATURES = ("finish_reason", "route", "status")
 
-# The p-value tests that Evidently 0.7 picks on its own; every other test it picks is a distance.
+# The p-value tests among those Evidently 0.7 picks on its own. Every other test it picks is a distance.
 _P_VALUE_TESTS = frozenset({"ks", "chisquare", "z"})
 
 
@@ -38,29 +39,29 @@ class DriftSettings:
     """Settings of the drift detector."""
 
     min_rows: int = 50
-    """Non-missing values a column needs on each side to be tested; fewer give "insufficient_data"."""
+    """Minimum non-missing values on each side for a column to be tested, below which it is "insufficient_data"."""
     threshold: float = 0.05
-    """p-value below which one column has drifted; applies to p-value tests, not to distances."""
+    """p-value below which one column has drifted, used by p-value tests and not by distances."""
     drift_share: float = 0.5
     """Share of tested columns that must drift for the window to count as drifted."""
 
     def __post_init__(self) -> None:
         if self.min_rows < 2:
-            raise ConfigurationError(f"min_rows is {self.min_rows}; a statistical test needs at least 2 rows")
+            raise ConfigurationError(f"invalid min_rows {self.min_rows}: a statistical test needs at least 2 rows")
         if not 0 < self.threshold < 1:
-            raise ConfigurationError(f"threshold is {self.threshold}; set a p-value between 0 and 1, e.g. 0.05")
+            raise ConfigurationError(f"invalid threshold {self.threshold}: set a p-value between 0 and 1, e.g. 0.05")
         if not 0 < self.drift_share <= 1:
-            raise ConfigurationError(f"drift_share is {self.drift_share}; set a share in (0, 1], e.g. 0.5")
+            raise ConfigurationError(f"invalid drift_share {self.drift_share}: set a share in (0, 1], e.g. 0.5")
 
 
 @dataclass(frozen=True)
 class ColumnDrift:
-    """Drift of one column: "ok", "drifted", "insufficient_data" or "no_data" (column absent)."""
+    """Drift of one column: "ok", "drifted", "insufficient_data", or "no_data" (column absent or no reference)."""
 
     column: str
     status: str
     test: str | None
-    """Test name as Evidently reports it, e.g. "K-S p_value"; None when the column was not tested."""
+    """Test name as Evidently reports it (e.g. "K-S p_value"), or None when the column was not tested."""
     score: float | None
     """p-value or distance, depending on the test."""
     threshold: float | None
@@ -83,7 +84,7 @@ class DriftResult:
         return tuple(c.column for c in self.columns if c.status == "drifted")
 
     def to_json(self) -> dict:
-        """Return the result as a dict of JSON types; a non-finite score becomes None."""
+        """Convert the result to a dict of JSON types, with a non-finite score as None."""
         columns = []
         for column in self.columns:
             row = asdict(column)
@@ -103,7 +104,7 @@ def check_drift(
     """Check each feature column of `current` for drift against `reference`."""
     overlap = set(numeric) & set(categorical)
     if overlap:
-        raise ConfigurationError(f"columns {sorted(overlap)} are both numeric and categorical; list each once")
+        raise ConfigurationError(f"columns {sorted(overlap)} are listed as numeric and as categorical: list each once")
     started = time.perf_counter()
 
     if reference is None or len(reference) == 0:
@@ -154,7 +155,7 @@ def _clean(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[st
             values = pd.to_numeric(frame[name]).astype(float)
         except (ValueError, TypeError) as exc:
             raise DetectorError(
-                f"column {name!r} of the {side} frame is not numeric ({exc}); pass numbers, or None when unknown"
+                f"invalid column {name!r} in the {side} frame: not numeric ({exc}). Pass numbers, or None when unknown"
             ) from exc
         cleaned[name] = values.mask(values.abs() == math.inf)
     for name in categorical:
@@ -165,7 +166,7 @@ def _clean(frame: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[st
 
 
 def _count(frame: pd.DataFrame, name: str, is_numeric: bool = False) -> int:
-    """Count the non-missing values of one column; 0 when the column is absent."""
+    """Count the non-missing values of one column, or 0 when the column is absent."""
     if name not in frame:
         return 0
     column = frame[name]
@@ -188,8 +189,8 @@ def _run_tests(
     metrics = []
     for name in tested:
         column_type = ColumnType.Numerical if name in numeric else ColumnType.Categorical
-        # Evidently makes the same choice again inside ValueDrift from the same cleaned values;
-        # it is made here only to tell whether settings.threshold applies to this column.
+        # ValueDrift makes the same choice again from the same cleaned values. It is made here
+        # only to tell whether settings.threshold applies, because the current API cannot report it first.
         test = get_stattest(reference[name].dropna(), current[name].dropna(), column_type, None)
         threshold = settings.threshold if test.name in _P_VALUE_TESTS else None
         metrics.append(ValueDrift(column=name, threshold=threshold))
@@ -201,8 +202,8 @@ def _run_tests(
     report = Report(metrics, include_tests=True)
     try:
         with warnings.catch_warnings():
-            # A category absent from the reference has an expected count of 0 in the
-            # chi-square test: scipy warns about the division and returns p = 0, which is drift.
+            # A category absent from the reference has an expected count of 0 in the chi-square
+            # test, so scipy warns about the division and returns p = 0, which counts as drift.
             warnings.filterwarnings("ignore", "divide by zero", RuntimeWarning)
             snapshot = report.run(
                 current_data=Dataset.from_pandas(current[tested], data_definition=definition),

@@ -53,7 +53,7 @@ _NON_ASCII_RUN = re.compile(r"[^\x00-\x7f]+")
 _LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "i"}
 )
-# A word-like run in which leetspeak may hide letters; "!" and "|" only count inside it.
+# A word-like run in which leetspeak may hide letters. "!" and "|" only count inside it.
 _LEET_TOKEN = re.compile(r"[A-Za-z0-9@$!|]+")
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][ .\-_*]){2,}[A-Za-z]\b")
 _SEPARATORS = re.compile(r"[ .\-_*]")
@@ -116,7 +116,7 @@ def fold_leetspeak(text: str) -> str:
 def _fold_leet_token(match: re.Match[str]) -> str:
     token = match.group()
     core = token.rstrip("!|")
-    # Pure numbers and words without substitutes stay; "Hello!" keeps its "!".
+    # Pure numbers and words without substitutes stay as they are, and "Hello!" keeps its "!".
     if core.isalpha() or not any(character.isalpha() for character in core):
         return token
     return core.translate(_LEET_TABLE) + token[len(core) :]

@@ -9,6 +9,7 @@ context-word boost is also off: scores are the recognizers' base scores.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,13 +38,13 @@ class PiiMatch:
 
 
 class PiiDetector:
-    """Finds emails, phone numbers, payment cards, IBANs, US SSNs and IP addresses in text."""
+    """Detector of emails, phone numbers, payment cards, IBANs, US SSNs and IP addresses in text."""
 
     def __init__(self, entities: Sequence[str] = DEFAULT_ENTITIES, min_score: float = DEFAULT_MIN_SCORE) -> None:
         unknown = sorted(set(entities) - set(DEFAULT_ENTITIES) - set(OPTIONAL_ENTITIES))
         if unknown:
             supported = ", ".join(DEFAULT_ENTITIES + OPTIONAL_ENTITIES)
-            raise ValueError(f"unsupported PII entity types {unknown}; choose from {supported}")
+            raise ValueError(f"unsupported PII entity types {unknown}. Choose from {supported}.")
         self.entities = tuple(entities)
         self.min_score = min_score
         self._recognizers = _build_recognizers(self.entities)
@@ -56,10 +57,22 @@ class PiiDetector:
         found = []
         for recognizer in self._recognizers:
             for result in recognizer.analyze(normalized.text, list(recognizer.supported_entities), None):
-                if result.score >= self.min_score:
+                matched = normalized.text[result.start : result.end]
+                if result.score >= self.min_score and not _is_placeholder(result.entity_type, matched):
                     start, end = normalized.to_original(result.start, result.end)
                     found.append(PiiMatch(result.entity_type, start, end, float(result.score)))
         return _drop_overlaps(found)
+
+
+def _is_placeholder(entity_type: str, matched: str) -> bool:
+    # 127.0.0.1, ::1 and 0.0.0.0 name no one; they fill code samples and server configs.
+    if entity_type != "IP_ADDRESS":
+        return False
+    try:
+        address = ipaddress.ip_interface(matched).ip
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
 
 
 def _drop_overlaps(matches: list[PiiMatch]) -> list[PiiMatch]:
@@ -95,7 +108,9 @@ def _recognizer_factories() -> dict[str, Callable[[], object]]:
 
     return {
         "EMAIL_ADDRESS": _offline_email_recognizer,
-        "PHONE_NUMBER": PhoneRecognizer,
+        # Strict grouping (leniency 2) drops digit runs such as "1 2 3 4 5 6 7 8 9 10",
+        # which Presidio's default (leniency 1, any valid number) reports as phone numbers.
+        "PHONE_NUMBER": lambda: PhoneRecognizer(leniency=2),
         "CREDIT_CARD": CreditCardRecognizer,  # keeps only numbers that pass the Luhn check
         "IBAN_CODE": IbanRecognizer,  # keeps only codes whose check digits are valid
         "US_SSN": UsSsnRecognizer,

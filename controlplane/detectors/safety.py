@@ -21,7 +21,7 @@ class Span:
 
     detector: str  # "pii" or "toxicity"
     field: str  # "prompt" or "completion"
-    start: int  # offsets into the original text; a toxicity span covers the whole text
+    start: int  # offsets into the original text, and a toxicity span covers the whole text
     end: int
     label: str  # a Presidio entity type such as "EMAIL_ADDRESS", or "offensive"
     score: float
@@ -56,7 +56,7 @@ class SafetyResult:
 
 
 class SafetyScorer:
-    """Scores (prompt, completion) pairs for personal data and offensive language."""
+    """Scorer of (prompt, completion) pairs for personal data and offensive language."""
 
     def __init__(self, toxicity_threshold: float = 0.5) -> None:
         if not 0.0 < toxicity_threshold < 1.0:
@@ -73,7 +73,7 @@ class SafetyScorer:
         )
 
     def score(self, pairs: Sequence[tuple[str, str | None]]) -> list[SafetyResult]:
-        """Score each (prompt, completion) pair; a None completion counts as empty."""
+        """Score each (prompt, completion) pair, counting a None completion as empty."""
         started = time.perf_counter()
         texts: list[str] = []
         for prompt, completion in pairs:

@@ -25,6 +25,10 @@ PII_CASES = [
     ("US SSN", "My SSN is 536-22-8726.", [("US_SSN", "536-22-8726")]),
     ("published sample SSN", "My SSN is 123-45-6789.", []),
     ("IP address", "The server is 192.168.1.10 here.", [("IP_ADDRESS", "192.168.1.10")]),
+    ("loopback address", "Listen on 127.0.0.1 or 0.0.0.0 or ::1.", []),
+    ("IPv6 address", "Peer 2001:db8:85a3::8a2e:370:7334 joined.", [("IP_ADDRESS", "2001:db8:85a3::8a2e:370:7334")]),
+    ("list of small numbers", "Average of 1 2 3 4 5 6 7 8 9 10 is 5.5", []),
+    ("UK phone", "Ring +44 20 7946 0958 today.", [("PHONE_NUMBER", "+44 20 7946 0958")]),
     ("ZIP+4 code only", "Ship to 94107-1234.", []),
     ("no PII", "Write a function that returns the sum of two numbers.", []),
     ("code without PII", "for i in range(10):\n    total += i * 3.14159", []),
@@ -34,7 +38,11 @@ PII_CASES = [
         [("EMAIL_ADDRESS", "a@example.org"), ("CREDIT_CARD", "4111111111111111")],
     ),
     ("zero-width inside email", "mail j\u200bo@exa\u200bmple.com", [("EMAIL_ADDRESS", "j\u200bo@exa\u200bmple.com")]),
-    ("fullwidth card digits", "card ４１１１ １１１１ １１１１ １１１１", [("CREDIT_CARD", "４１１１ １１１１ １１１１ １１１１")]),
+    (
+        "fullwidth card digits",
+        "card ４１１１ １１１１ １１１１ １１１１",
+        [("CREDIT_CARD", "４１１１ １１１１ １１１１ １１１１")],
+    ),
     ("en dash phone", "Call 415–555–0132.", [("PHONE_NUMBER", "415–555–0132")]),
 ]
 
@@ -76,8 +84,8 @@ def test_url_optional():
 
 
 def test_no_network_access(monkeypatch):
-    # Presidio's own EmailRecognizer fails this test: its tldextract call resolves
-    # publicsuffix.org to download the Public Suffix List.
+    # Presidio's own EmailRecognizer fails here when tldextract has no cached list:
+    # it resolves publicsuffix.org to download the Public Suffix List.
     def refuse_connect(*args, **kwargs):
         raise AssertionError(f"network connection attempted: {args[1:]}")
 

@@ -92,7 +92,7 @@ def test_mapping_loads_from_yaml_and_dict(tmp_path: Path) -> None:
 
 def test_source_without_app_names_the_fix(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "rows.jsonl", instruction_rows(1))
-    with pytest.raises(ConfigurationError, match="add app=NAME"):
+    with pytest.raises(ConfigurationError, match="Add app=NAME"):
         Source(path, FieldMapping.parse("model=m"))
 
 

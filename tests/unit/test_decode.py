@@ -1,0 +1,71 @@
+"""Decoding of canonical events, with the reason of each rejection."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from controlplane.errors import EventValidationError
+from controlplane.events import decode_event, encode_event
+
+VALID = {
+    "event_id": "e-1",
+    "timestamp": "2026-12-01T10:00:00Z",
+    "app": "assistant",
+    "model": "gpt-4o-mini",
+    "prompt": "hello",
+    "completion": "hi",
+    "usage": {"input_tokens": 3, "output_tokens": 0},
+}
+
+
+def _with(**changes):
+    payload = dict(VALID)
+    for key, value in changes.items():
+        if value is None:
+            payload.pop(key, None)
+        else:
+            payload[key] = value
+    return json.dumps(payload).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "empty message"),
+        (b"{not json", "value is not JSON"),
+        (b"\xc3\x28", "value is not UTF-8"),
+        (b"[1, 2]", "value is JSON list, expected an object"),
+        (_with(event_id=None), "event_id: Field required"),
+        (_with(prompt=None), "an event needs a prompt"),
+        (_with(usage={"input_tokens": -1}), "usage.input_tokens: Input should be greater than or equal to 0"),
+        (_with(usage={"input_tokens": "many"}), "usage.input_tokens: Input should be a valid integer"),
+        (_with(timestamp="yesterday"), "timestamp:"),
+        (_with(status="exploded"), "status:"),
+        (_with(surprise=1), "surprise: Extra inputs are not permitted"),
+    ],
+)
+def test_rejections_name_the_reason(raw, reason):
+    with pytest.raises(EventValidationError) as caught:
+        decode_event(raw)
+    assert reason in caught.value.reason
+
+
+def test_unknown_usage_stays_none_and_zero_stays_zero():
+    event = decode_event(_with())
+    assert event.usage.input_tokens == 3
+    assert event.usage.output_tokens == 0
+    assert event.usage.cached_input_tokens is None
+    assert event.cost_usd is None
+    assert event.latency_ms is None
+
+
+def test_round_trip_and_key():
+    event = decode_event(_with(messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "q"}], prompt=None))
+    again = decode_event(encode_event(event))
+    assert again == event
+    assert event.key == "assistant|gpt-4o-mini"
+    assert event.prompt_text() == "be brief\nq"
+    assert event.user_prompt_text() == "q"
+    assert event.timestamp.tzinfo is not None
