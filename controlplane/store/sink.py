@@ -257,6 +257,7 @@ class WindowSink:
         # FOR UPDATE makes a second closer of the same window wait, then find the rows gone.
         condition = (
             (WindowEvent.topic == self.topic)
+            & (WindowEvent.partition == window.partition)
             & (WindowEvent.app == window.app)
             & (WindowEvent.model == window.model)
             & (WindowEvent.window_start == window.start)
