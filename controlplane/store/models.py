@@ -213,3 +213,7 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+
+
+# Tables of the improvement loop live in their own module; importing it registers them on Base.
+from controlplane.store import registry_models  # noqa: E402,F401
