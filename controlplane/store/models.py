@@ -147,13 +147,17 @@ class Finding(Base):
 
 
 class Alert(Base):
-    """A finding that needs a person or a job, deduplicated by fingerprint."""
+    """A finding that needs a person or a job, deduplicated by fingerprint.
+
+    Lifecycle: firing, then optionally acknowledged, then resolved; a finding with the same
+    fingerprint after resolution opens a new alert row.
+    """
 
     __tablename__ = "alerts"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     fingerprint: Mapped[str] = mapped_column(String(64), index=True)
-    status: Mapped[str] = mapped_column(String(20), default="firing")
+    status: Mapped[str] = mapped_column(String(20), default="firing", index=True)
     severity: Mapped[str] = mapped_column(String(20))
     title: Mapped[str] = mapped_column(Text)
     app: Mapped[str] = mapped_column(String(200))
@@ -163,6 +167,16 @@ class Alert(Base):
     first_seen: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen: Mapped[datetime] = mapped_column(default=utcnow)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    kind: Mapped[str] = mapped_column(String(40), default="", server_default="")
+    subject: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    # Alerts of one (app, model, kind) share a group key and go out in one webhook message.
+    group_key: Mapped[str] = mapped_column(String(500), default="", server_default="", index=True)
+    rule: Mapped[str | None] = mapped_column(String(100))  # name of the alert rule that opened it
+    acknowledged_by: Mapped[str | None] = mapped_column(String(200))
+    acknowledged_at: Mapped[datetime | None]
+    resolved_by: Mapped[str | None] = mapped_column(String(200))
+    resolved_at: Mapped[datetime | None]
+    last_notified_at: Mapped[datetime | None]
 
 
 class FlaggedInteraction(Base):
@@ -199,7 +213,12 @@ class DeadLetter(Base):
 
 
 class Job(Base):
-    """A curation or fine-tuning run (pending, running, succeeded, failed, cancelled)."""
+    """A curation, fine-tuning or notification run; controlplane.jobs enforces its state machine.
+
+    Statuses: awaiting_approval, pending, running, succeeded, failed, cancelled. A running job
+    holds a lease (lease_owner, lease_expires_at) that its process renews; once the lease
+    expires, another runner may claim the job again.
+    """
 
     __tablename__ = "jobs"
 
@@ -213,7 +232,115 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    parent_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    policy: Mapped[str | None] = mapped_column(String(100), index=True)  # job rule that created it
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
+    lease_owner: Mapped[str | None] = mapped_column(String(200))
+    heartbeat_at: Mapped[datetime | None]
+    lease_expires_at: Mapped[datetime | None]
+    approved_by: Mapped[str | None] = mapped_column(String(200))
+    approved_at: Mapped[datetime | None]
+    cancelled_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class Silence(Base):
+    """A time range in which alerts matching every non-empty matcher send no notification and start no job.
+
+    Matchers are shell-style patterns (fnmatch, case-sensitive); an empty matcher matches anything.
+    """
+
+    __tablename__ = "silences"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str | None] = mapped_column(String(40))
+    subject: Mapped[str | None] = mapped_column(String(200))
+    app: Mapped[str | None] = mapped_column(String(200))
+    model: Mapped[str | None] = mapped_column(String(200))
+    starts_at: Mapped[datetime]
+    ends_at: Mapped[datetime] = mapped_column(index=True)
+    created_by: Mapped[str] = mapped_column(String(200))
+    comment: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expired_by: Mapped[str | None] = mapped_column(String(200))
+
+
+class Notification(Base):
+    """Outbox row: one alert event (firing, repeat, escalated, resolved) to send to the webhook.
+
+    The worker writes it in the transaction that changes the alert; the scheduler sends it later,
+    so a slow or failing webhook never holds a worker transaction.
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id"), index=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    group_key: Mapped[str] = mapped_column(String(500))
+    event: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]
+
+
+class NotificationAttempt(Base):
+    """One HTTP delivery attempt of a notification, kept for the trail and for debugging receivers."""
+
+    __tablename__ = "notification_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    body_format: Mapped[str] = mapped_column(String(20))
+    receiver_host: Mapped[str] = mapped_column(String(300))  # scheme and host only: a URL may carry a token
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    duration_ms: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    succeeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class SchedulerLease(Base):
+    """The lease that makes one `controlplane scheduler` process the active one."""
+
+    __tablename__ = "scheduler_lease"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    renewed_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
+class ScheduledRun(Base):
+    """One slot of a periodic task; the unique key makes a second scheduler firing the same slot skip it.
+
+    Statuses: running, succeeded, failed, skipped, interrupted (its process died), coalesced
+    (the slot passed without a run and the next run did its work), misfired (APScheduler
+    reported it later than the grace period).
+    """
+
+    __tablename__ = "scheduled_runs"
+    __table_args__ = (UniqueConstraint("name", "scheduled_for"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(100))
+    scheduled_for: Mapped[datetime] = mapped_column(index=True)
+    status: Mapped[str] = mapped_column(String(20))
+    owner: Mapped[str | None] = mapped_column(String(200))
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
 # Tables of the improvement loop live in their own module; importing it registers them on Base.
 from controlplane.store import registry_models  # noqa: E402,F401
+from controlplane.store import audit_models, drift_models  # noqa: E402,F401

@@ -1,0 +1,3 @@
+"""SQL tables: drift."""
+
+from __future__ import annotations
