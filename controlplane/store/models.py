@@ -61,7 +61,7 @@ class WindowEvent(Base):
 
     __tablename__ = "window_events"
     __table_args__ = (
-        UniqueConstraint("topic", "partition", "offset"),
+        UniqueConstraint("topic", "partition", "offset", "sequence"),
         Index("ix_window_events_window", "app", "model", "window_start"),
     )
 
@@ -69,6 +69,8 @@ class WindowEvent(Base):
     topic: Mapped[str] = mapped_column(String(200))
     partition: Mapped[int] = mapped_column(Integer)
     offset: Mapped[int] = mapped_column(BigInteger)
+    # Position of the event within its message: one OTLP export can carry several spans.
+    sequence: Mapped[int] = mapped_column(Integer, default=0)
     app: Mapped[str] = mapped_column(String(200))
     model: Mapped[str] = mapped_column(String(200))
     window_start: Mapped[datetime]

@@ -61,6 +61,7 @@ class Record:
     partition: int
     offset: int
     item: ScoredEvent | Rejected
+    sequence: int = 0  # position of the event within its message (several OTLP spans share an offset)
 
 
 @dataclass
@@ -157,6 +158,7 @@ class WindowSink:
                     "topic": self.topic,
                     "partition": record.partition,
                     "offset": record.offset,
+                    "sequence": record.sequence,
                     "app": event.app,
                     "model": event.model,
                     "window_start": window_start(event.timestamp, self.settings.window_seconds),
@@ -179,7 +181,7 @@ class WindowSink:
                         "created_at": now,
                     }
                 )
-        insert_ignore(session, WindowEvent, events, ["topic", "partition", "offset"])
+        insert_ignore(session, WindowEvent, events, ["topic", "partition", "offset", "sequence"])
         insert_ignore(session, FlaggedInteraction, flagged, ["event_id"])
         insert_ignore(session, DeadLetter, dead, ["topic", "partition", "offset"])
         result.stored += len(events)

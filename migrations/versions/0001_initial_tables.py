@@ -90,6 +90,7 @@ def upgrade() -> None:
     sa.Column('topic', sa.String(length=200), nullable=False),
     sa.Column('partition', sa.Integer(), nullable=False),
     sa.Column('offset', sa.BigInteger(), nullable=False),
+    sa.Column('sequence', sa.Integer(), nullable=False),
     sa.Column('app', sa.String(length=200), nullable=False),
     sa.Column('model', sa.String(length=200), nullable=False),
     sa.Column('window_start', sa.DateTime(timezone=True), nullable=False),
@@ -98,7 +99,7 @@ def upgrade() -> None:
     sa.Column('event_id', sa.String(length=200), nullable=False),
     sa.Column('features', sa.JSON(), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_window_events')),
-    sa.UniqueConstraint('topic', 'partition', 'offset', name=op.f('uq_window_events_topic_partition_offset'))
+    sa.UniqueConstraint('topic', 'partition', 'offset', 'sequence', name=op.f('uq_window_events_topic_partition_offset_sequence'))
     )
     with op.batch_alter_table('window_events', schema=None) as batch_op:
         batch_op.create_index('ix_window_events_window', ['app', 'model', 'window_start'], unique=False)
