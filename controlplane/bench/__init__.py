@@ -1,0 +1,1 @@
+"""`make bench`: throughput, latency, drift-check time and memory, measured side by side."""
