@@ -10,7 +10,8 @@ from sqlalchemy import Engine, select
 
 from controlplane.detectors.safety import SafetyScorer
 from controlplane.errors import EventValidationError
-from controlplane.events.decode import decode_event
+from controlplane.events.decode import decode_message
+from controlplane.events.schema import InferenceEvent
 from controlplane.features import EventScorer
 from controlplane.pricing import PriceTable
 from controlplane.settings import Settings
@@ -28,6 +29,7 @@ class RawMessage:
     offset: int
     value: bytes | None
     key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -53,17 +55,21 @@ class Pipeline:
     def prepare(self, messages: Sequence[RawMessage]) -> tuple[list[Record], list[DeadLetterMessage]]:
         """Decode and score a batch; messages already stored (below the stored offsets) are dropped."""
         messages = self._unseen(messages)
-        decoded, records, dead = [], [], []
+        decoded: list[tuple[RawMessage, int, InferenceEvent]] = []
+        records, dead = [], []
         for message in messages:
             try:
-                decoded.append((message, decode_event(message.value)))
+                events = decode_message(message.value, message.headers, max_text_chars=self.settings.max_text_chars)
             except EventValidationError as exc:
                 size = len(message.value) if message.value is not None else 0
                 records.append(Record(message.partition, message.offset, Rejected(exc.reason, size)))
                 dead.append(DeadLetterMessage(message, exc.reason))
-        scored = self.scorer.score([event for _, event in decoded])
-        for (message, _), item in zip(decoded, scored, strict=True):
-            records.append(Record(message.partition, message.offset, item))
+                continue
+            # One OTLP export can carry several spans: each event keeps its position in the message.
+            decoded.extend((message, sequence, event) for sequence, event in enumerate(events))
+        scored = self.scorer.score([event for _, _, event in decoded])
+        for (message, sequence, _), item in zip(decoded, scored, strict=True):
+            records.append(Record(message.partition, message.offset, item, sequence))
         return records, dead
 
     def store(self, records: Sequence[Record]) -> IngestResult:

@@ -60,7 +60,10 @@ def create_app(settings: Settings) -> faust.App:
     async def ingest(stream: faust.Stream) -> None:
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_timeout_seconds):
             messages = [
-                RawMessage(event.message.partition, event.message.offset, event.message.value, event.message.key)
+                RawMessage(
+                    event.message.partition, event.message.offset, event.message.value, event.message.key,
+                    tuple(event.message.headers or ()),
+                )
                 for event in batch
             ]
             worker = await pipeline()
@@ -96,12 +99,14 @@ def create_app(settings: Settings) -> faust.App:
 async def _send_dead_letters(dlq: faust.TopicT, source_topic: str, dead: list[DeadLetterMessage]) -> None:
     futures = []
     for letter in dead:
-        headers = {
-            "reason": letter.reason.encode("utf-8"),
-            "source-topic": source_topic.encode(),
-            "source-partition": str(letter.message.partition).encode(),
-            "source-offset": str(letter.message.offset).encode(),
-        }
+        # The original headers (the declared format among them) come first, so that a dead letter
+        # can be fixed and sent back as it was.
+        headers = list(letter.message.headers) + [
+            ("reason", letter.reason.encode("utf-8")),
+            ("source-topic", source_topic.encode()),
+            ("source-partition", str(letter.message.partition).encode()),
+            ("source-offset", str(letter.message.offset).encode()),
+        ]
         futures.append(await dlq.send(key=letter.message.key, value=letter.message.value or b"", headers=headers))
     if futures:
         await asyncio.gather(*futures)

@@ -76,7 +76,7 @@ class InferenceEvent(BaseModel):
     session_id_hash: str | None = Field(None, max_length=200)
     metadata: dict[str, Any] = Field(default_factory=dict)
     truncated: bool = Field(
-        False, description="A text was cut to the configured length; metadata['truncated_texts'] has its hash and length."
+        False, description="A text was cut to the configured length. metadata['truncated_texts'] has its hash and length."
     )
 
     @field_validator("timestamp")

@@ -3,7 +3,7 @@
 Each adapter module exposes `to_events(payload) -> list[InferenceEvent]` and raises
 `AdapterError`, whose reason starts with the format name and the field that was wrong, e.g.
 ``otlp: span 5b8aa5a2d2c872e8 attribute gen_ai.usage.input_tokens: expected a count, got 'many'``.
-This module holds the helpers they share: counts, times, chat content and identifiers.
+This module contains the helpers they share: counts, times, chat content and identifiers.
 """
 
 from __future__ import annotations
@@ -166,4 +166,5 @@ def drop_none(values: dict[str, Any]) -> dict[str, Any]:
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(value), type(value).__name__)
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return names.get(type(value), type(value).__name__)
