@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,10 +48,95 @@ class Settings(BaseSettings):
     price_table: Path | None = Field(None, description="YAML price table; the packaged table when empty.")
     max_text_chars: int = Field(32_000, ge=256, description="Prompt or completion length kept; longer text is truncated.")
 
+    data_dir: Path = Field(
+        Path("./data"), description="Root folder of dataset versions (datasets/), adapters (adapters/) and evaluation reports (reports/)."
+    )
+    base_model_dir: Path | None = Field(
+        None, description="Local folder of the base model (save_pretrained layout) that fine-tuning starts from."
+    )
+
+    dashboard_address: str = Field(
+        "127.0.0.1", description="Address the dashboard listens on; beyond localhost it requires a password hash."
+    )
+    dashboard_port: int = Field(8501, ge=1, le=65535, description="TCP port of the dashboard.")
+    dashboard_password_hash: str | None = Field(
+        None, description="scrypt hash of the operator password (controlplane hash-password); operators can act."
+    )
+    dashboard_viewer_password_hash: str | None = Field(
+        None, description="scrypt hash of the viewer password; viewers can read every page but not act."
+    )
+    budget_usd_per_day: float | None = Field(
+        None, gt=0, description="Daily spend budget in US dollars that the dashboard compares today's spend with."
+    )
+
+    policy_file: Path | None = Field(
+        None, description="YAML policy of alert rules and job rules. Empty means the packaged controlplane/data/policies.yaml."
+    )
+    webhook_url: str | None = Field(
+        None, description="http(s) URL that alert notifications are POSTed to. No notifications are queued while it is empty."
+    )
+    webhook_format: Literal["json", "alertmanager"] = Field(
+        "json", description="Body of a notification: the plain JSON document, or the Alertmanager webhook shape (version 4)."
+    )
+    webhook_receiver: str = Field("controlplane", description="Receiver name put in the body of every notification.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request, in seconds.")
+    external_url: str = Field("", description="Address of the dashboard, sent as externalURL in notifications.")
+    notify_cooldown_seconds: float = Field(
+        3600.0, ge=0, description="Minimum seconds between two notifications of the same alert fingerprint, escalations excepted."
+    )
+    notify_max_attempts: int = Field(5, ge=1, description="Delivery attempts of a notification before it is marked failed.")
+    notify_backoff_seconds: float = Field(
+        30.0, gt=0, description="Delay before the second delivery attempt, in seconds. It doubles after each failure."
+    )
+    notify_backoff_max_seconds: float = Field(3600.0, gt=0, description="Maximum delay between delivery attempts, in seconds.")
+
+    job_plugins: list[str] = Field(
+        ["controlplane.curation", "controlplane.finetune"],
+        description="Modules the scheduler imports at start, each of which registers its job kinds with controlplane.jobs.register_job_kind. A JSON list in the environment.",
+    )
+    job_lease_seconds: float = Field(
+        120.0, gt=0, description="Lease of a running job, in seconds. Its runner renews it, and another runner may claim the job once it expires."
+    )
+    job_max_attempts: int = Field(3, ge=1, description="Claims of a job (the first and those after an expired lease) before it is marked failed.")
+    job_runner_batch: int = Field(10, ge=1, description="Maximum jobs one run of the job runner runs one after another.")
+
+    scheduler_lease_seconds: float = Field(
+        30.0, gt=0, description="Lease of the active scheduler, in seconds. A standby takes over once it expires."
+    )
+    scheduler_renew_seconds: float = Field(10.0, gt=0, description="Seconds between two lease renewals (or takeover attempts).")
+    scheduler_misfire_grace_seconds: float = Field(
+        30.0, gt=0, description="Seconds after its scheduled time beyond which a periodic task run is skipped and recorded as misfired."
+    )
+    heartbeat_interval_seconds: float = Field(
+        60.0, gt=0, description="Seconds between two runs of the heartbeat task, which only records that the scheduler is alive."
+    )
+    policy_interval_seconds: float = Field(60.0, gt=0, description="Seconds between two evaluations of the job rules.")
+    job_runner_interval_seconds: float = Field(10.0, gt=0, description="Seconds between two runs of the job runner.")
+    notify_interval_seconds: float = Field(10.0, gt=0, description="Seconds between two runs of the notification sender.")
+    reference_refresh_interval_seconds: float = Field(
+        86400.0, gt=0, description="Seconds between two reference refresh jobs (run only when a plugin registers the reference_refresh kind)."
+    )
+    retention_interval_seconds: float = Field(3600.0, gt=0, description="Seconds between two runs of the retention task.")
+    nightly_curation: bool = Field(True, description="Create a curation job every night at nightly_curation_hour.")
+    nightly_curation_hour: int = Field(2, ge=0, le=23, description="UTC hour of the nightly curation job.")
+    retention_days: float = Field(
+        30.0, gt=0, description="Age in days after which dead letters, finished notifications and jobs, expired silences and scheduled runs are deleted."
+    )
+
     @field_validator("kafka_bootstrap")
     @classmethod
     def _strip_scheme(cls, value: str) -> str:
         return value.removeprefix("kafka://")
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _check_webhook_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("http://", "https://")):
+            # Only the start is echoed, because the rest of a webhook URL often carries a token.
+            raise ValueError(f"webhook_url must start with http:// or https://, got one starting with {value[:8]!r}")
+        return value
 
 
 @lru_cache(maxsize=1)

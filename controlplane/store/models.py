@@ -215,10 +215,10 @@ class DeadLetter(Base):
 
 
 class Job(Base):
-    """A curation, fine-tuning or notification run; controlplane.jobs enforces its state machine.
+    """A curation, fine-tuning or notification run, with the state machine of controlplane.jobs.
 
     Statuses: awaiting_approval, pending, running, succeeded, failed, cancelled. A running job
-    holds a lease (lease_owner, lease_expires_at) that its process renews; once the lease
+    holds a lease (lease_owner, lease_expires_at) that its process renews. Once the lease
     expires, another runner may claim the job again.
     """
 
@@ -250,7 +250,7 @@ class Job(Base):
 class Silence(Base):
     """A time range in which alerts matching every non-empty matcher send no notification and start no job.
 
-    Matchers are shell-style patterns (fnmatch, case-sensitive); an empty matcher matches anything.
+    Matchers are shell-style patterns (fnmatch, case-sensitive). An empty matcher matches anything.
     """
 
     __tablename__ = "silences"
@@ -271,8 +271,8 @@ class Silence(Base):
 class Notification(Base):
     """Outbox row: one alert event (firing, repeat, escalated, resolved) to send to the webhook.
 
-    The worker writes it in the transaction that changes the alert; the scheduler sends it later,
-    so a slow or failing webhook never holds a worker transaction.
+    The worker writes it in the transaction that changes the alert, and the scheduler sends it
+    later, so a slow or failing webhook never keeps a worker transaction open.
     """
 
     __tablename__ = "notifications"
@@ -322,7 +322,7 @@ class SchedulerLease(Base):
 
 
 class ScheduledRun(Base):
-    """One slot of a periodic task; the unique key makes a second scheduler firing the same slot skip it.
+    """One slot of a periodic task. The unique key makes a second scheduler that fires the same slot skip it.
 
     Statuses: running, succeeded, failed, skipped, interrupted (its process died), coalesced
     (the slot passed without a run and the next run did its work), misfired (APScheduler
