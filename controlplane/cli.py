@@ -426,7 +426,7 @@ def datasets_build(
     kind: Optional[list[str]] = typer.Option(None, "--kind", help=KIND_HELP),
     label: Optional[list[str]] = typer.Option(None, "--label", help=LABEL_HELP),
     eval_fraction: float = typer.Option(0.2, help="Share of prompt clusters put in the eval split, between 0 and 1."),
-    alert_id: Optional[int] = typer.Option(None, help="Alert this dataset answers, recorded in its lineage."),
+    alert_id: Optional[int] = typer.Option(None, help="Alert that prompted this dataset, recorded in its lineage; its app and model fill --app and --model."),
 ) -> None:
     """Curate flagged interactions and corrections of a time range into a new dataset version."""
     from controlplane.curation import run_curation

@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     base_model_dir: Path | None = Field(
         None, description="Local folder of the base model (save_pretrained layout) that fine-tuning starts from."
     )
+    finetune_threads: int | None = Field(
+        None, ge=1,
+        description="CPU threads torch uses in fine-tuning jobs (training and gate); torch's default, one per core, when empty.",
+    )
 
     dashboard_address: str = Field(
         "127.0.0.1", description="Address the dashboard listens on; beyond localhost it requires a password hash."
