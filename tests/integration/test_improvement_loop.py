@@ -24,7 +24,8 @@ from controlplane.finetune.evaluate import GENERAL_EVAL_FILE  # noqa: E402
 from controlplane.store.engine import make_engine, transaction  # noqa: E402
 from controlplane.store.models import Alert, Finding, FlaggedInteraction, Job  # noqa: E402
 from controlplane.store.registry_models import DatasetVersion, EvaluationReport, ModelVersion, Promotion  # noqa: E402
-from tests.unit.test_finetune import build_tiny_model, one_torch_thread  # noqa: E402,F401  (an autouse fixture)
+from controlplane.finetune.tiny import build_tiny_model  # noqa: E402
+from tests.unit.test_finetune import one_torch_thread  # noqa: E402,F401  (an autouse fixture)
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=timezone.utc)
 APP, MODEL = "support-bot", "tiny-gpt"

@@ -13,14 +13,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 torch = pytest.importorskip("torch")
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast  # noqa: E402
 
 from controlplane.errors import ConfigurationError, ControlPlaneError  # noqa: E402
 from controlplane.finetune.config import GateThresholds, LoraTrainingConfig  # noqa: E402
 from controlplane.finetune.data import Pair, mean_loss, read_reference_jsonl  # noqa: E402
 from controlplane.finetune.evaluate import GENERAL_EVAL_FILE, gate_decision, rouge_l  # noqa: E402
 from controlplane.finetune.registry import lineage, promote, rollback  # noqa: E402
+from controlplane.finetune.tiny import build_tiny_model  # noqa: E402
 from controlplane.finetune.trainer import check_target_modules, load_adapter, load_base, train_adapter  # noqa: E402
 from controlplane.store.engine import make_engine, transaction  # noqa: E402
 from controlplane.store.migrate import upgrade  # noqa: E402
@@ -41,26 +40,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def build_tiny_model(directory: Path, texts: list[str], vocab_size: int = 400) -> Path:
-    """Train a byte-level BPE tokenizer on `texts`, build a 2-layer GPT-2 with it, and save both."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tokenizer.train_from_iterator(texts, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    eos = fast.eos_token_id
-    # A wide initialization gives the random output layer logits large enough for LoRA to move. With
-    # GPT-2's default of 0.02, the loss of a 32-wide model barely leaves log(vocabulary size).
-    config = GPT2Config(vocab_size=len(fast), n_positions=128, n_embd=32, n_layer=2, n_head=2,
-                        bos_token_id=eos, eos_token_id=eos, initializer_range=0.2)
-    torch.manual_seed(0)
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
 
 
 def corpus() -> list[str]:
