@@ -8,6 +8,7 @@ of the scenario is closed, prints what was found and checks the expected outcome
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -19,13 +20,18 @@ from pathlib import Path
 
 import typer
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from controlplane.errors import ConfigurationError
-from controlplane.replay import Timeline, ensure_topics, replay
+from controlplane.auth import User
+from controlplane.replay import Timeline, ensure_topics, read_rows, replay, split_dialogue
+from controlplane.store.actions import label_flagged
 from controlplane.scenario import BASELINE_FILE, RED_TEAM_MAPPING, ScenarioSource, demo_scenario, shift_scenario
-from controlplane.settings import Settings
+from controlplane.demo_loop import configure as configure_loop
+from controlplane.demo_loop import run_loop
+from controlplane.settings import Settings, get_settings
 from controlplane.store.engine import make_engine
 from controlplane.store.migrate import upgrade
 from controlplane.store.models import (
@@ -54,14 +60,16 @@ class ScenarioLedger:
     shift_start: datetime | None = None
     segment_of: dict[str, str] = field(default_factory=dict)
     red_team_ids: set[str] = field(default_factory=set)
+    source_rows: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     def record(self, event) -> None:
         segment = event.metadata.get("scenario_segment", "baseline")
         self.segment_of[event.event_id] = segment
         if segment == "shift" and self.shift_start is None:
             self.shift_start = event.timestamp
-        if "hh_rlhf" in str(event.metadata.get("source", "")) or event.messages:
+        if event.messages:  # only the dialogue extractor produces chat messages
             self.red_team_ids.add(event.event_id)
+            self.source_rows[event.event_id] = (event.metadata["replay_source"], event.metadata["replay_row"])
 
 
 def demo_settings(database_url: str) -> Settings:
@@ -80,13 +88,17 @@ def demo_settings(database_url: str) -> Settings:
 def run_demo(headless: bool, datasets_dir: Path, baseline: Path | None, shift: list[Path] | None, timeout_s: float) -> int:
     """Run the scenario; return the process exit code."""
     STATE_DIR.mkdir(exist_ok=True)
+    configure_loop(STATE_DIR)
     db_path = (STATE_DIR / "demo.db").resolve()
     for suffix in ("", "-wal", "-shm"):
         Path(f"{db_path}{suffix}").unlink(missing_ok=True)
     settings = demo_settings(f"sqlite:///{db_path}")
 
+    # The timeline covers the minutes just before now, like a replay of recent traffic: event
+    # times then never lie in the future, where time-range queries (curation) would miss them.
     now = datetime.now(timezone.utc)
-    start = window_start(now, WINDOW_S)
+    span = timedelta(seconds=WINDOW_S * (BASELINE_WINDOWS + SHIFT_WINDOWS + 1))
+    start = window_start(now - span, WINDOW_S)
     sizes = {"windows_baseline": BASELINE_WINDOWS, "windows_shift": SHIFT_WINDOWS,
              "events_per_window": EVENTS_PER_WINDOW, "window_seconds": WINDOW_S, "start": start}
     if baseline is None and not shift:
@@ -122,6 +134,8 @@ def run_demo(headless: bool, datasets_dir: Path, baseline: Path | None, shift: l
                         fg=typer.colors.RED, err=True)
             return 1
         failures = _report(engine, start, ledger)
+        _label_red_team(engine, ledger, [datasets_dir, *(path.parent for path in shift or [])])
+        failures += _improve(engine)
         if headless:
             return 1 if failures else 0
         _step("the worker keeps running; press Ctrl-C to stop")
@@ -134,11 +148,64 @@ def run_demo(headless: bool, datasets_dir: Path, baseline: Path | None, shift: l
         _stop(worker)
 
 
+def _label_red_team(engine, ledger: ScenarioLedger, folders: list[Path]) -> None:
+    # Stands in for the product team: each flagged red-team answer is labelled incorrect, with
+    # the dialogue's less harmful answer ("chosen" in hh-rlhf) as the written correction.
+    flagged = {row.event_id: row.id for row in get_flagged_by_event(engine, ledger.red_team_ids)}
+    by_file: dict[str, dict[int, str]] = {}
+    for event_id in flagged:
+        name, row = ledger.source_rows[event_id]
+        by_file.setdefault(name, {})[row] = event_id
+    labelled = 0
+    user = User(name="demo-product-team", role="operator")
+    for name, rows in by_file.items():
+        path = next((folder / name for folder in folders if (folder / name).is_file()), None)
+        if path is None:
+            continue
+        for item in read_rows(path):
+            if getattr(item, "index", None) in rows and "chosen" in item.data:
+                _, correction = split_dialogue(item.data["chosen"])
+                labelled += label_flagged(engine, [flagged[rows[item.index]]], "incorrect", correction, user)
+    _step(f"labelled {labelled} flagged red-team answers as incorrect, with the less harmful answer as correction")
+
+
+def _improve(engine) -> list[str]:
+    _step("improvement loop: policy -> curation -> LoRA fine-tune of a tiny local model -> gate -> promotion")
+    summary = run_loop(engine, get_settings(), STATE_DIR)
+    for job in summary.jobs:
+        parent = f", after job {job['parent_job_id']}" if job["parent_job_id"] else ""
+        error = f": {job['error']}" if job["error"] else ""
+        typer.echo(f"  job {job['id']} {job['kind']:<10} {job['status']:<10} alert {job['alert_id']}{parent}{error}")
+    failures = []
+    if summary.curation is None:
+        failures.append("no curation job succeeded")
+    else:
+        c = summary.curation
+        typer.echo(f"  dataset version {c['name']} v{c['version']}: {c['selected']} selected, {c['train']} train, "
+                   f"{c['eval']} eval, {c['preference_pairs']} preference pairs ({c['path']})")
+    if summary.fine_tune is None:
+        failures.append("no fine-tune job succeeded")
+    else:
+        f = summary.fine_tune
+        decision = "promoted" if f.get("promotion_id") else "not promoted"
+        typer.echo(f"  adapter {f['name']} v{f['version']}: final loss {f['final_loss']:.3f}, "
+                   f"gate {'passed' if f['passed'] else 'failed'}, {decision}")
+        for reason in f.get("reasons") or []:
+            typer.echo(f"    {reason}")
+    return failures
+
+
 def _user_source(path: Path) -> ScenarioSource:
     # Dialogue files in the hh-rlhf layout keep their own extractor; others are instruction files.
     if path.name.startswith("hh_rlhf"):
         return ScenarioSource(path, RED_TEAM_MAPPING)
     return ScenarioSource(path)
+
+
+def get_flagged_by_event(engine, event_ids: set[str]) -> list[FlaggedInteraction]:
+    """Return the flagged interactions of the given events."""
+    with Session(engine) as session:
+        return list(session.scalars(select(FlaggedInteraction).where(FlaggedInteraction.event_id.in_(event_ids))))
 
 
 def _start_at_topic_end(settings: Settings) -> None:
@@ -158,11 +225,18 @@ def _start_at_topic_end(settings: Settings) -> None:
 
 
 async def _end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (description,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    partitions = [TopicPartition(topic, item["partition"]) for item in description["partitions"]]
+    if not partitions:
+        raise ConfigurationError(f"topic {topic} has no partitions on {bootstrap}")
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        await consumer.topics()  # fetches cluster metadata, which partitions_for_topic reads
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = await consumer.end_offsets(partitions)
     finally:
         await consumer.stop()
@@ -175,8 +249,9 @@ def _step(message: str) -> None:
 
 def _start_worker(settings: Settings) -> subprocess.Popen:
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONTROLPLANE_")}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        env[f"CONTROLPLANE_{name.upper()}"] = str(value)
+    for name, value in settings.model_dump(mode="json", exclude_none=True).items():
+        # pydantic-settings reads lists and dicts from the environment as JSON.
+        env[f"CONTROLPLANE_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
     log_path = STATE_DIR / "worker.log"
     _step(f"starting the worker (log: {log_path})")
     with log_path.open("wb") as log:

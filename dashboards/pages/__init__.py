@@ -1,0 +1,1 @@
+"""Pages of the dashboard; dashboards/app.py lists them in its navigation."""
