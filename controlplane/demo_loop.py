@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from sqlalchemy import Engine, select
 
 from controlplane.finetune.tiny import build_tiny_model
 from controlplane.jobs import approve_job, load_job_plugins, run_pending_jobs
-from controlplane.policies import evaluate_job_rules
+from controlplane.policies import evaluate_job_rules, packaged_policy_path
 from controlplane.settings import Settings, get_settings
 from controlplane.store.engine import transaction
 from controlplane.store.models import FlaggedInteraction, Job
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEMO_ACTOR = "demo"
 GENERAL_PROMPTS = ("### User:\n### Assistant:\n",)
+DEMO_LORA = {"learning_rate": 0.01, "epochs": 3, "r": 8, "alpha": 16, "dropout": 0.0, "max_length": 128}
 
 
 @dataclass
@@ -44,8 +46,22 @@ def configure(state_dir: Path) -> Settings:
     os.environ["CONTROLPLANE_BASE_MODEL_DIR"] = str((state_dir / "base-model").resolve())
     # A two-layer model trains fastest on one thread; a second one only waits.
     os.environ.setdefault("CONTROLPLANE_FINETUNE_THREADS", "1")
+    os.environ["CONTROLPLANE_POLICY_FILE"] = str(_write_demo_policy(state_dir).resolve())
     get_settings.cache_clear()
     return get_settings()
+
+
+def _write_demo_policy(state_dir: Path) -> Path:
+    # The packaged policy, with LoRA settings for a two-layer, 32-wide model: the defaults
+    # (learning rate 2e-4, one epoch) suit a real base model and barely move a tiny one.
+    policy = yaml.safe_load(packaged_policy_path().read_text(encoding="utf-8"))
+    for rule in policy["job_rules"]:
+        follow_up = rule.get("then") or {}
+        if follow_up.get("job") == "fine_tune":
+            follow_up["params"] = {"lora": DEMO_LORA}
+    path = state_dir / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False), encoding="utf-8")
+    return path
 
 
 def run_loop(engine: Engine, settings: Settings, state_dir: Path) -> LoopSummary:
