@@ -11,7 +11,8 @@
 #   make lint            shell syntax of the scripts, and ruff when it is installed
 #
 # Variables: PYTHON (interpreter that creates .venv, default python3), KAFKA_PORT (default 9092),
-# POSTGRES_PORT (default 55432), PYTEST_ARGS (passed to pytest), HEADLESS, STOP.
+# POSTGRES_PORT (default 55432), PYTEST_ARGS (passed to pytest), BENCH_ARGS (passed to the benchmark,
+# e.g. "--events 50000 --skip memory"), HEADLESS, STOP.
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -62,14 +63,15 @@ test: venv services
 # The demo uses the services started here unless CONTROLPLANE_* already point elsewhere.
 demo: venv services
 	CONTROLPLANE_KAFKA_BOOTSTRAP="$${CONTROLPLANE_KAFKA_BOOTSTRAP:-127.0.0.1:$(KAFKA_PORT)}" \
-	CONTROLPLANE_DATABASE_URL="$${CONTROLPLANE_DATABASE_URL:-$$(scripts/postgres.sh url controlplane)}" \
 	$(BIN)/controlplane demo $(if $(filter 1 yes true,$(HEADLESS)),--headless)
 
 eval: venv
 	$(BIN)/python -m controlplane.eval
 
-bench: venv
-	$(BIN)/python -m controlplane.bench
+bench: venv services
+	CONTROLPLANE_KAFKA_BOOTSTRAP="$${CONTROLPLANE_KAFKA_BOOTSTRAP:-127.0.0.1:$(KAFKA_PORT)}" \
+	CONTROLPLANE_BENCH_POSTGRES_URL="$$(scripts/postgres.sh url controlplane)" \
+	$(BIN)/python -m controlplane.bench $(BENCH_ARGS)
 
 lint: venv
 	bash -n scripts/kafka.sh scripts/postgres.sh .ci/run
