@@ -138,9 +138,13 @@ def run_demo(headless: bool, datasets_dir: Path, baseline: Path | None, shift: l
         failures += _improve(engine)
         if headless:
             return 1 if failures else 0
+        dashboard = _start_dashboard(settings)
         _step("the worker keeps running; press Ctrl-C to stop")
-        while worker.poll() is None:
-            time.sleep(1)
+        try:
+            while worker.poll() is None:
+                time.sleep(1)
+        finally:
+            _stop(dashboard)
         return worker.returncode or 0
     except KeyboardInterrupt:
         return 0
@@ -256,6 +260,19 @@ def _start_worker(settings: Settings) -> subprocess.Popen:
     _step(f"starting the worker (log: {log_path})")
     with log_path.open("wb") as log:
         return subprocess.Popen([sys.executable, "-m", "controlplane", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _start_dashboard(settings: Settings) -> subprocess.Popen:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CONTROLPLANE_")}
+    env["CONTROLPLANE_DATABASE_URL"] = settings.database_url
+    env["CONTROLPLANE_KAFKA_BOOTSTRAP"] = settings.kafka_bootstrap
+    env["CONTROLPLANE_CONSUMER_GROUP"] = settings.consumer_group
+    log_path = STATE_DIR / "dashboard.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "controlplane", "dashboard"], env=env, stdout=log,
+                                   stderr=subprocess.STDOUT)
+    _step(f"dashboard: http://{settings.dashboard_address}:{settings.dashboard_port} (log: {log_path})")
+    return process
 
 
 def _stop(worker: subprocess.Popen) -> None:
