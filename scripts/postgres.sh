@@ -2,10 +2,10 @@
 # Start, stop or check a throwaway PostgreSQL cluster on 127.0.0.1 for the tests and the demo.
 #
 #   scripts/postgres.sh start      initdb once (trust auth for local sockets and 127.0.0.1 only), start,
-#                                  wait until pg_isready answers, create the databases controlplane
-#                                  and controlplane_test
+#                                  wait until pg_isready reports that it accepts connections, create
+#                                  the databases controlplane and controlplane_test
 #   scripts/postgres.sh stop       stop the server of this data directory with pg_ctl
-#   scripts/postgres.sh status     exit 0 when the server of this data directory answers
+#   scripts/postgres.sh status     exit 0 when the server of this data directory accepts connections
 #   scripts/postgres.sh url [DB]   print the SQLAlchemy URL of DB (default controlplane_test)
 #   scripts/postgres.sh install    install the server binaries from Debian's packages when missing (root only)
 #
@@ -20,7 +20,7 @@
 #   POSTGRES_BIN_DIR      directory holding initdb, pg_ctl and postgres; default: `pg_config --bindir`,
 #                         then the newest /usr/lib/postgresql/*/bin
 #   POSTGRES_RUN_AS       user the server runs as when this script runs as root, default postgres
-#   POSTGRES_START_WAIT   seconds to wait for the server to answer, default 60
+#   POSTGRES_START_WAIT   seconds to wait for the server to accept connections, default 60
 
 pg_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 pg_root=$(cd "$pg_here/.." && pwd)
@@ -93,7 +93,7 @@ ensure_postgres_binaries() {
   pg_find_bindir >/dev/null || { pg_say "postgresql was installed but initdb is still not found"; return 1; }
 }
 
-# Run a command as the server user: root may not run the server, so root switches to POSTGRES_RUN_AS.
+# Run a command as the server user, because PostgreSQL rejects running as root.
 pg_as_server_user() {
   if [ "$(id -u)" -ne 0 ]; then
     (cd "$pg_state" && "$@")
@@ -169,7 +169,7 @@ pg_is_running() {
   [ -f "$pg_data/postmaster.pid" ] && pg_as_server_user "$1/pg_ctl" -D "$pg_data" status >/dev/null 2>&1
 }
 
-pg_answers() {
+pg_accepts_connections() {
   "$1/pg_isready" -q -h 127.0.0.1 -p "$pg_port" -U postgres -d postgres
 }
 
@@ -191,11 +191,12 @@ pg_start() {
   bindir=$(pg_find_bindir)
   pg_ensure_server_user
   pg_prepare_state_dir
+
   if pg_is_running "$bindir"; then
     pg_say "already running on 127.0.0.1:$pg_port (data $pg_data)"
   else
-    if pg_answers "$bindir"; then
-      pg_say "another server already answers on 127.0.0.1:$pg_port; stop it or set POSTGRES_PORT to a free port"
+    if pg_accepts_connections "$bindir"; then
+      pg_say "another server already listens on 127.0.0.1:$pg_port; stop it or set POSTGRES_PORT to a free port"
       exit 1
     fi
     pg_init_cluster "$bindir"
@@ -207,14 +208,16 @@ pg_start() {
       exit 1
     fi
   fi
+
   deadline=$((SECONDS + pg_wait_s))
-  until pg_answers "$bindir"; do
+  until pg_accepts_connections "$bindir"; do
     if [ $SECONDS -ge "$deadline" ]; then
-      pg_say "the server did not answer pg_isready on 127.0.0.1:$pg_port within ${pg_wait_s}s; see $pg_log"
+      pg_say "timed out after ${pg_wait_s}s waiting for pg_isready on 127.0.0.1:$pg_port; see $pg_log"
       exit 1
     fi
     sleep 0.5
   done
+
   pg_create_databases "$bindir"
   pg_say "ready on 127.0.0.1:$pg_port (data $pg_data, pid $(head -1 "$pg_data/postmaster.pid"))"
 }
@@ -231,7 +234,7 @@ pg_stop() {
 
 pg_status() {
   local bindir
-  if bindir=$(pg_find_bindir) && pg_is_running "$bindir" && pg_answers "$bindir"; then
+  if bindir=$(pg_find_bindir) && pg_is_running "$bindir" && pg_accepts_connections "$bindir"; then
     pg_say "running on 127.0.0.1:$pg_port (data $pg_data)"
     return 0
   fi

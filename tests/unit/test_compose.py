@@ -67,13 +67,14 @@ def builds_dockerfile(service: dict) -> bool:
 
 def service_argv(service: dict) -> list[str]:
     """Return the argv a service's container runs, with the Dockerfile's defaults where it builds it."""
-    inherits = builds_dockerfile(service)
     if "entrypoint" in service:
         # Docker drops the image's CMD when a service sets its own entrypoint.
         return split_command(service["entrypoint"]) + split_command(service.get("command"))
-    entrypoint = IMAGE_ENTRYPOINT if inherits else []
-    command = service["command"] if "command" in service else (IMAGE_CMD if inherits else None)
-    return entrypoint + split_command(command)
+    if not builds_dockerfile(service):
+        return split_command(service.get("command"))
+    if "command" in service:
+        return IMAGE_ENTRYPOINT + split_command(service["command"])
+    return IMAGE_ENTRYPOINT + IMAGE_CMD
 
 
 def service_environment(service: dict) -> dict[str, str]:
