@@ -1,8 +1,8 @@
 """`controlplane demo`: the main job end to end on real public data.
 
-It starts a worker process on a fresh SQLite store, replays a baseline of code-assistant traffic
-followed by a shift (role-play traffic mixed with red-team dialogues), waits until every window
-of the scenario is closed, prints what was found and checks the expected outcome.
+It starts a worker process on a fresh SQLite store and replays a baseline of code-assistant
+traffic, then a shift: role-play traffic mixed with red-team dialogues. Once every window of the
+scenario is closed, it prints the findings and checks them against the expected outcome.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ SPEEDUP = 30.0
 
 @dataclass
 class ScenarioLedger:
-    """What the replay sent, by segment, to check the outcome against."""
+    """Record of the replayed events by segment, for checking the outcome."""
 
     shift_start: datetime | None = None
     segment_of: dict[str, str] = field(default_factory=dict)

@@ -1,8 +1,8 @@
 """The improvement loop of the demo: policy → curation → LoRA fine-tune → gate → promotion.
 
-In production the scheduler evaluates the policy and runs the jobs; the demo does the same
-steps in its own process, right after the scenario's windows closed, and approves the
-fine-tune job itself where the policy asks for a person's approval.
+In production the scheduler evaluates the policy and runs the jobs. The demo does the same
+steps in its own process, right after the scenario's windows closed. Where the policy requires
+a person's approval of the fine-tune job, the demo approves it itself.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ DEMO_LORA = {"learning_rate": 0.01, "epochs": 3, "r": 8, "alpha": 16, "dropout":
 
 @dataclass
 class LoopSummary:
-    """What the loop did, for the demo's summary."""
+    """Jobs and results of one run of the loop, for the demo's summary."""
 
     jobs: list[dict[str, Any]] = field(default_factory=list)
     curation: dict[str, Any] | None = None

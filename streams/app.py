@@ -1,8 +1,8 @@
 """The Faust app: topics, the ingest agent and the window-closing timer.
 
-Thin on purpose: every decision is made in controlplane.pipeline; this module moves messages
-between Kafka and that pipeline, and runs the blocking work in one worker thread so that the
-event loop keeps heartbeating to the broker.
+Thin on purpose: every decision is made in controlplane.pipeline. This module moves messages
+between Kafka and that pipeline. It runs the blocking work in one worker thread, so that the
+event loop keeps sending heartbeats to the broker.
 """
 
 from __future__ import annotations

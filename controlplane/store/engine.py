@@ -32,7 +32,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 def _sqlite_begin_immediate(connection) -> None:
     # A deferred transaction that reads and then writes fails at once with "database is locked"
-    # when another process wrote in between; taking the write lock up front makes it wait instead.
+    # when another process wrote in between. Taking the write lock up front makes it wait instead.
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
