@@ -501,6 +501,79 @@ def models_rollback(
     )
 
 
+reference_app = typer.Typer(help="Show drift references, or make a closed window the reference.", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+
+def _parse_instant(value: str, option: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        _fail(f"invalid {option} {value!r}: expected ISO 8601, e.g. 2026-12-01T10:00:00Z")
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+@reference_app.command("promote")
+def reference_promote(
+    app_name: str = typer.Option(..., "--app", help="App of the window."),
+    model: str = typer.Option(..., help="Model of the window."),
+    window_start: str = typer.Option(..., help="Start of the closed window, or any instant inside it, ISO 8601 (UTC when no offset)."),
+    model_version: Optional[str] = typer.Option(
+        None, help="Model version whose reference to replace; the window's most frequent version when omitted."
+    ),
+    by: Optional[str] = typer.Option(None, help=BY_HELP),
+) -> None:
+    """Make a closed window's statistics the reference that later windows are compared with."""
+    from controlplane.store.drift_models import promote_window
+    from controlplane.windows import window_start as start_of
+
+    settings = get_settings()
+    start = start_of(_parse_instant(window_start, "--window-start"), settings.window_seconds)
+    with _store() as session:
+        reference = promote_window(session, app_name, model, start, model_version, by or _os_user(), settings.drift_min_rows)
+        version = reference.model_version or "(none)"
+        typer.echo(
+            f"reference of {app_name}/{model} version {version} is now the window starting {_when(start)} UTC "
+            f"({reference.event_count} events, text fields: {', '.join(sorted(reference.profile.get('text', {}))) or 'none'})"
+        )
+
+
+@reference_app.command("show")
+def reference_show(
+    app_name: Optional[str] = typer.Option(None, "--app", help="Only references of this app."),
+    model: Optional[str] = typer.Option(None, help="Only references of this model."),
+    windows: int = typer.Option(0, min=0, help="Also list this many newest closed windows that can be promoted."),
+) -> None:
+    """List the references in use, and optionally the newest windows that can become one."""
+    from sqlalchemy import select
+
+    from controlplane.store.drift_models import ReferenceProfile, WindowProfile
+
+    def matching(query, table):
+        if app_name:
+            query = query.where(table.app == app_name)
+        return query.where(table.model == model) if model else query
+
+    with _store() as session:
+        references = session.scalars(matching(select(ReferenceProfile), ReferenceProfile).order_by(
+            ReferenceProfile.app, ReferenceProfile.model, ReferenceProfile.model_version)).all()
+        if not references:
+            typer.echo("no references: the first window with enough events of each app, model and version becomes one")
+        for ref in references:
+            text = ", ".join(sorted(ref.profile.get("text", {}))) or "none"
+            typer.echo(
+                f"{ref.app}/{ref.model} version {ref.model_version or '(none)'}: window {_when(ref.source_window_start)} UTC, "
+                f"{ref.event_count} events, text {text}, {ref.source} {_when(ref.created_at)} by {ref.created_by or 'the worker'}"
+            )
+        if windows:
+            rows = session.scalars(matching(select(WindowProfile), WindowProfile).order_by(
+                WindowProfile.window_start.desc()).limit(windows)).all()
+            typer.echo(f"newest {len(rows)} closed windows with a stored profile:")
+            for row in rows:
+                typer.echo(f"  {_when(row.window_start)} UTC  {row.app}/{row.model} version {row.model_version or '(none)'}  "
+                           f"{row.event_count} events")
+
+
 def main() -> None:
     """Entry point of the console script: errors of this package print one line, not a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

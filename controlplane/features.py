@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 from controlplane.detectors.safety import SafetyResult, SafetyScorer
 from controlplane.events.schema import InferenceEvent
 from controlplane.pricing import PriceTable
+
+TEXT_SAMPLE_CHARS = 256
+"""Characters of the prompt and of the completion kept in a feature row for text drift."""
 
 
 @dataclass(frozen=True)
@@ -19,12 +23,25 @@ class ScoredEvent:
     safety: SafetyResult
 
 
-def feature_row(event: InferenceEvent, cost_usd: float | None, safety: SafetyResult) -> dict[str, Any]:
-    """Build the feature row of one event; a value the source did not report stays None."""
+def sample_rank(event_id: str) -> float:
+    """Map an event id to a number in [0, 1) that is the same on every machine, for deterministic sampling."""
+    digest = hashlib.blake2b(event_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def feature_row(
+    event: InferenceEvent, cost_usd: float | None, safety: SafetyResult, text_chars: int = TEXT_SAMPLE_CHARS
+) -> dict[str, Any]:
+    """Build the feature row of one event; a value the source did not report stays None.
+
+    The row also keeps the first `text_chars` characters of the prompt and of the completion
+    (none when 0), from which a window's text-drift sample is drawn at close.
+    """
     usage = event.usage
     latency = event.latency_ms
+    prompt = event.prompt_text()
     return {
-        "prompt_chars": len(event.prompt_text()),
+        "prompt_chars": len(prompt),
         "completion_chars": len(event.completion) if event.completion is not None else None,
         "input_tokens": usage.input_tokens,
         "cached_input_tokens": usage.cached_input_tokens,
@@ -43,15 +60,19 @@ def feature_row(event: InferenceEvent, cost_usd: float | None, safety: SafetyRes
         "toxicity": round(safety.toxicity, 4),
         "toxic": safety.toxic,
         "feedback_score": event.feedback.score if event.feedback else None,
+        "sample_rank": sample_rank(event.event_id),
+        "prompt_sample": prompt[:text_chars] if text_chars else None,
+        "completion_sample": event.completion[:text_chars] if text_chars and event.completion is not None else None,
     }
 
 
 class EventScorer:
     """Prices and scores batches of events with the loaded detectors."""
 
-    def __init__(self, prices: PriceTable, safety: SafetyScorer) -> None:
+    def __init__(self, prices: PriceTable, safety: SafetyScorer, text_chars: int = TEXT_SAMPLE_CHARS) -> None:
         self.prices = prices
         self.safety = safety
+        self.text_chars = text_chars
 
     def score(self, events: Sequence[InferenceEvent]) -> list[ScoredEvent]:
         """Score a batch; the detectors run once over the whole batch."""
@@ -64,5 +85,5 @@ class EventScorer:
             cost = event.cost_usd
             if cost is None:
                 cost = self.prices.cost(event.model, event.usage, at=event.timestamp)
-            scored.append(ScoredEvent(event, feature_row(event, cost, safety), safety))
+            scored.append(ScoredEvent(event, feature_row(event, cost, safety, self.text_chars), safety))
         return scored

@@ -47,9 +47,8 @@ class Pipeline:
         self.engine = engine
         self.settings = settings
         self.topic = topic
-        self.scorer = EventScorer(
-            PriceTable.load(settings.price_table), SafetyScorer(toxicity_threshold=settings.toxicity_threshold)
-        )
+        safety = SafetyScorer(toxicity_threshold=settings.toxicity_threshold, use_embeddings=settings.safety_embeddings)
+        self.scorer = EventScorer(PriceTable.load(settings.price_table), safety, text_chars=settings.text_sample_chars)
         self.sink = WindowSink(engine, settings, topic)
 
     def prepare(self, messages: Sequence[RawMessage]) -> tuple[list[Record], list[DeadLetterMessage]]:

@@ -43,8 +43,46 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1, description="Share of drifted columns at which a window counts as drifted."
     )
     reference_max_rows: int = Field(5000, ge=10, description="Rows kept in a drift reference.")
+    drift_rule: Literal["bonferroni", "share"] = Field(
+        "bonferroni",
+        description="When a window's features drift: 'bonferroni', when one column's p-value is below "
+        "drift_window_alpha / tested columns; 'share', when drift_share of the columns are below drift_threshold.",
+    )
+    drift_window_alpha: float = Field(
+        0.01, gt=0, lt=1, description="Bound on the feature false-alarm rate of one window under the bonferroni rule."
+    )
+    drift_sketch_size: int = Field(
+        1000, ge=10, le=1000,
+        description="Values kept per numeric feature in a window profile, and values compared per side in one test.",
+    )
+    text_drift: bool = Field(True, description="Embed a sample of prompts and completions per window and test it for drift.")
+    text_sample_size: int = Field(150, ge=33, description="Prompts and completions embedded per window, each.")
+    text_min_texts: int = Field(
+        50, ge=33, description="Sampled texts of a field needed in the window and the reference to test that field."
+    )
+    text_drift_alpha: float = Field(
+        0.001, gt=0, lt=1, description="Bound on the text false-alarm rate of one window, split over the tests run."
+    )
+    text_sample_chars: int = Field(
+        256, ge=0, description="Characters of the prompt and of the completion kept per event for text drift; 0 keeps none."
+    )
+    language_drift: bool = Field(True, description="Detect the language of sampled prompts and test its shares for drift.")
+    traffic_drop_ratio: float = Field(
+        0.2, gt=0, lt=1, description="Share of the reference's event count below which a window's traffic dropped."
+    )
+    traffic_alpha: float = Field(
+        0.001, gt=0, lt=1, description="Poisson p-value below which a low event count or a run of empty windows is reported."
+    )
+    traffic_max_gap_windows: int = Field(
+        60, ge=0, description="Empty windows recorded as no_data rows per gap; longer gaps keep only the newest."
+    )
 
     toxicity_threshold: float = Field(0.5, gt=0, lt=1, description="Offensive-language probability that flags a text.")
+    safety_embeddings: bool = Field(
+        True,
+        description="Embed every prompt and completion for the embedding-based safety detectors (offensive language, "
+        "attack similarity, refusals). Off, the worker runs the word model and the patterns alone, many times faster.",
+    )
     price_table: Path | None = Field(None, description="YAML price table; the packaged table when empty.")
     max_text_chars: int = Field(32_000, ge=256, description="Prompt or completion length kept; longer text is truncated.")
 

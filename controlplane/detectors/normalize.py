@@ -5,11 +5,16 @@ characters (zero-width and bidirectional controls), and folding of common confus
 characters (Cyrillic and Greek look-alikes, typographic dashes and quotes) to ASCII.
 It keeps, for every output character, the span of input characters it came from, so
 matches found on the normalized text can be reported at offsets of the original text.
-`fold_leetspeak` is a further, lossy step meant only for the offensive-language check.
+`fold_leetspeak` is a further, lossy step meant only for the offensive-language check, and
+`fold_leet_characters` its length-preserving part, which keeps offsets for pattern spans.
+`find_base64_runs` decodes base64 payloads, within a byte budget, so that the detectors can
+scan the decoded text too.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -58,6 +63,16 @@ _LEET_TOKEN = re.compile(r"[A-Za-z0-9@$!|]+")
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][ .\-_*]){2,}[A-Za-z]\b")
 _SEPARATORS = re.compile(r"[ .\-_*]")
 _REPEATED_LETTER = re.compile(r"([A-Za-z])\1{2,}")
+
+# Standard and URL-safe alphabets. A run must hold 16 characters (12 bytes) or more, so short
+# identifiers and words are left alone. The decode checks below drop long identifiers.
+BASE64_MIN_CHARS = 16
+# Default budget of decoded bytes per call, so a megabyte of base64 costs a bounded amount
+# of work. The safety scorer shares one budget across all texts of an event.
+BASE64_MAX_DECODED_BYTES = 4096
+_BASE64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}")
+# Share of printable characters the decoded text needs to count as text rather than binary.
+_MIN_PRINTABLE_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -108,9 +123,66 @@ def normalize_with_offsets(text: str) -> NormalizedText:
 
 def fold_leetspeak(text: str) -> str:
     """Return ASCII text with leetspeak digits and symbols, spaced letters and letter runs folded."""
-    folded = _LEET_TOKEN.sub(_fold_leet_token, text)
+    folded = fold_leet_characters(text)
     folded = _SPACED_LETTERS.sub(lambda match: _SEPARATORS.sub("", match.group()), folded)
     return _REPEATED_LETTER.sub(r"\1", folded)
+
+
+def fold_leet_characters(text: str) -> str:
+    """Return `text` with leetspeak digits and symbols inside words replaced by letters, same length."""
+    return _LEET_TOKEN.sub(_fold_leet_token, text)
+
+
+@dataclass(frozen=True)
+class EncodedRun:
+    """A base64 run at [start, end) of the scanned text and the text it decodes to."""
+
+    start: int
+    end: int
+    decoded: str
+
+
+def find_base64_runs(
+    text: str, min_chars: int = BASE64_MIN_CHARS, max_decoded_bytes: int = BASE64_MAX_DECODED_BYTES
+) -> list[EncodedRun]:
+    """Return the base64 runs of `text` that decode to printable UTF-8, within `max_decoded_bytes` in all.
+
+    One level only: base64 inside the decoded text is not decoded again. A run longer than
+    the remaining budget is decoded from its start up to the budget.
+    """
+    runs: list[EncodedRun] = []
+    budget = max_decoded_bytes
+    for match in _BASE64_RUN.finditer(text):
+        if budget < 3:
+            break
+        encoded = match.group()
+        if len(encoded.rstrip("=")) < min_chars or encoded.isalpha() or encoded.isdigit():
+            continue  # a plain word, a CamelCase identifier or a number
+        usable = min(len(encoded), budget // 3 * 4)
+        decoded = _decode_base64(encoded[:usable])
+        if decoded is None:
+            continue
+        budget -= len(decoded.encode("utf-8"))
+        runs.append(EncodedRun(match.start(), match.end(), decoded))
+    return runs
+
+
+def _decode_base64(encoded: str) -> str | None:
+    body = encoded.rstrip("=")
+    body = body[: len(body) - len(body) % 4] if len(body) % 4 == 1 else body
+    padded = body + "=" * (-len(body) % 4)
+    altchars = b"-_" if ("-" in body or "_" in body) else None
+    try:
+        raw = base64.b64decode(padded, altchars=altchars, validate=True)
+        decoded = raw.decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+    printable = sum(1 for character in decoded if character.isprintable() or character in "\n\t\r")
+    if not decoded.strip() or printable < _MIN_PRINTABLE_SHARE * len(decoded):
+        return None
+    if not any(character.isalpha() for character in decoded):
+        return None
+    return decoded
 
 
 def _fold_leet_token(match: re.Match[str]) -> str:

@@ -18,22 +18,26 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from controlplane.alerting import open_or_update_alert
-from controlplane.detectors.drift import DriftSettings
+from controlplane.detectors.text_drift import Encoder, embed_ahead
 from controlplane.detectors.window_checks import (
+    CheckSettings,
     FindingSpec,
+    Profile,
+    check_gap,
     check_safety_rate,
+    check_traffic,
     check_unpriced,
-    check_window_drift,
-    reference_rows,
+    check_window,
+    profile_window,
 )
 from controlplane.features import ScoredEvent
 from controlplane.settings import Settings
+from controlplane.store.drift_models import ReferenceProfile, WindowProfile, record_empty_windows, save_reference
 from controlplane.store.engine import transaction
 from controlplane.store.models import (
     Alert,
     ConsumerOffset,
     DeadLetter,
-    DriftReference,
     Finding,
     FlaggedInteraction,
     WindowEvent,
@@ -88,14 +92,14 @@ class ClosedWindow:
 class WindowSink:
     """Writes ingested batches and closed windows for one consumer group and topic."""
 
-    def __init__(self, engine: Engine, settings: Settings, topic: str) -> None:
+    def __init__(self, engine: Engine, settings: Settings, topic: str, encoder: Encoder | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.topic = topic
         self.group_id = settings.consumer_group
-        self.drift_settings = DriftSettings(
-            min_rows=settings.drift_min_rows, threshold=settings.drift_threshold, drift_share=settings.drift_share
-        )
+        self.checks = CheckSettings.from_settings(settings)
+        # Loaded on the first window large enough to embed, so that a worker without text drift never loads it.
+        self._encoder = encoder
 
     # ----- ingest -----
 
@@ -234,6 +238,7 @@ class WindowSink:
     def close_window(self, window: OpenWindow) -> ClosedWindow | None:
         """Move one window's buffered rows into statistics and findings, in one transaction."""
         started = time.perf_counter()
+        encoder = self._embed_ahead(window)
         with transaction(self.engine) as session:
             rows = self._take_rows(session, window)
             if not rows:
@@ -247,7 +252,7 @@ class WindowSink:
             if existing is not None:
                 outcome = self._merge_late(existing, rows)
             else:
-                outcome = self._close_new(session, window, rows)
+                outcome = self._close_new(session, window, rows, encoder)
         log.info(
             "window closed app=%s model=%s start=%s events=%d late=%s findings=%d in %.2fs",
             window.app, window.model, window.start.isoformat(), outcome.event_count, outcome.late,
@@ -287,22 +292,38 @@ class WindowSink:
                 setattr(stats, column, (getattr(stats, column) or 0) + summary[column])
         return ClosedWindow(stats.id, summary["event_count"], late=True)
 
-    def _close_new(self, session: Session, window: OpenWindow, rows: list[dict[str, Any]]) -> ClosedWindow:
-        reference = session.scalar(
-            select(DriftReference).where(DriftReference.app == window.app, DriftReference.model == window.model)
+    def _close_new(
+        self, session: Session, window: OpenWindow, rows: list[dict[str, Any]], encoder: Encoder | None
+    ) -> ClosedWindow:
+        if not self.checks.text_drift or len(rows) < self.checks.text.min_texts:
+            encoder = None
+        elif encoder is None:
+            # The window grew past min_texts after it was listed, so its sample is embedded here.
+            encoder = self._loaded_encoder()
+        profile, vectors = profile_window(rows, self.checks, encoder)
+        reference_row = session.scalar(
+            select(ReferenceProfile).where(
+                ReferenceProfile.app == window.app, ReferenceProfile.model == window.model,
+                ReferenceProfile.model_version == profile.model_version,
+            )
         )
-        findings: list[FindingSpec] = []
-        if reference is None:
-            drift_status, drift_share, drift_details = self._maybe_set_reference(session, window, rows)
-            reference_rows_ = []
+        findings = self._record_gap(session, window, reference_row)
+        reference = None
+        if reference_row is None:
+            drift_status, drift_share, drift_details = self._maybe_set_reference(session, window, profile)
         else:
-            reference_rows_ = reference.rows
-            drift, drift_findings = check_window_drift(reference_rows_, rows, self.drift_settings)
-            findings += drift_findings
-            drift_status, drift_share, drift_details = drift.status, drift.drift_share, drift.to_json()
-        if reference_rows_:
-            findings += check_safety_rate(reference_rows_, rows)
+            reference = Profile.from_json(reference_row.profile)
+            drift, drift_findings = check_window(reference, profile, vectors, self.checks)
+            findings += drift_findings + check_traffic(reference_row.event_count, len(rows), self.checks)
+            drift_status, drift_share = drift.status, drift.features.drift_share
+            drift_details = {**drift.to_json(), "reference": _reference_json(reference_row)}
+        if reference is not None:
+            findings += check_safety_rate(reference, rows)
         findings += check_unpriced(rows, [window.model])
+        session.add(
+            WindowProfile(app=window.app, model=window.model, window_start=window.start,
+                          model_version=profile.model_version, event_count=len(rows), profile=profile.to_json())
+        )
 
         end = window.start + timedelta(seconds=self.settings.window_seconds)
         stats = WindowStats(
@@ -315,7 +336,8 @@ class WindowSink:
         for spec in findings:
             finding = Finding(
                 kind=spec.kind, subject=spec.subject, app=window.app, model=window.model,
-                window_start=window.start, window_end=end, severity=spec.severity, summary=spec.summary,
+                window_start=spec.window_start or window.start, window_end=spec.window_end or end,
+                severity=spec.severity, summary=spec.summary,
                 sample_size=spec.sample_size, test=spec.test, score=spec.score, threshold=spec.threshold,
                 details=spec.details,
             )
@@ -323,21 +345,67 @@ class WindowSink:
             session.flush()
             alert = open_or_update_alert(session, finding)
             outcome.findings.append(_finding_message(finding))
-            outcome.alerts.append(_alert_message(alert))
+            if alert is not None:  # None when no alert rule of the policy matches the finding
+                outcome.alerts.append(_alert_message(alert))
         return outcome
 
+    def _embed_ahead(self, window: OpenWindow) -> Encoder | None:
+        # Embedding takes seconds, and on SQLite the closing transaction holds the database's
+        # write lock, so the sample is embedded before it from a plain read. Rows that arrive in
+        # between only add the texts they bring to the sample, embedded inside the transaction.
+        if not self.checks.text_drift or window.event_count < self.checks.text.min_texts:
+            return None
+        condition = (
+            (WindowEvent.topic == self.topic) & (WindowEvent.partition == window.partition)
+            & (WindowEvent.app == window.app) & (WindowEvent.model == window.model)
+            & (WindowEvent.window_start == window.start)
+        )
+        closed = (WindowStats.app == window.app) & (WindowStats.model == window.model) & (WindowStats.window_start == window.start)
+        with self.engine.connect() as connection:
+            if connection.scalar(select(WindowStats.id).where(closed)) is not None:
+                return None  # late events merge into a closed window without checks
+            rows = connection.execute(select(WindowEvent.features).where(condition)).scalars().all()
+        return embed_ahead(rows, self.checks.text.sample_size, self._loaded_encoder())
+
+    def _loaded_encoder(self) -> Encoder:
+        if self._encoder is None:
+            from controlplane.detectors.embeddings import load_encoder
+
+            self._encoder = load_encoder()
+        return self._encoder
+
     def _maybe_set_reference(
-        self, session: Session, window: OpenWindow, rows: list[dict[str, Any]]
+        self, session: Session, window: OpenWindow, profile: Profile
     ) -> tuple[str, float | None, dict[str, Any]]:
         # Without a reference, the first window large enough becomes it; smaller ones wait.
-        if len(rows) < self.settings.drift_min_rows:
-            return "no_reference", None, {"reason": f"{len(rows)} rows, reference needs {self.settings.drift_min_rows}"}
-        kept = reference_rows(rows, self.settings.reference_max_rows)
-        session.add(
-            DriftReference(app=window.app, model=window.model, source_window_start=window.start, row_count=len(kept), rows=kept)
-        )
-        log.info("drift reference set app=%s model=%s from window %s rows=%d", window.app, window.model, window.start, len(kept))
-        return "reference_set", None, {"reference_rows": len(kept)}
+        if profile.event_count < self.settings.drift_min_rows:
+            return "no_reference", None, {
+                "reason": f"{profile.event_count} rows, reference needs {self.settings.drift_min_rows}",
+                "model_version": profile.model_version,
+            }
+        save_reference(session, window.app, window.model, profile.model_version, window.start, profile.to_json(),
+                       profile.event_count, source="first_window")
+        return "reference_set", None, {
+            "reference_rows": profile.event_count, "model_version": profile.model_version,
+            "text_fields": sorted(profile.text),
+        }
+
+    def _record_gap(self, session: Session, window: OpenWindow, reference: ReferenceProfile | None) -> list[FindingSpec]:
+        """Record the empty windows since the key's previous window, and report the gap when it is unlikely."""
+        gap = record_empty_windows(session, window.app, window.model, window.start, self.settings.window_seconds,
+                                   self.settings.traffic_max_gap_windows)
+        if gap is None:
+            return []
+        expected = reference.event_count if reference is not None else None
+        spec = check_gap(expected, gap.missing, gap.first_start, window.start, gap.recorded, self.checks)
+        return [spec] if spec is not None else []
+
+
+def _reference_json(reference: ReferenceProfile) -> dict[str, Any]:
+    return {
+        "id": reference.id, "model_version": reference.model_version, "source": reference.source,
+        "source_window_start": as_utc(reference.source_window_start).isoformat(), "event_count": reference.event_count,
+    }
 
 
 def _finding_message(finding: Finding) -> dict[str, Any]:

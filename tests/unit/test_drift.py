@@ -1,4 +1,4 @@
-"""Tests of the per-column drift check of one window against a reference."""
+"""Tests of the feature drift check: column profiles, Evidently tests, missing shares, window rules."""
 
 import json
 import math
@@ -7,18 +7,26 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
+from evidently.legacy.calculations.stattests.registry import get_registered_stattest
+from evidently.legacy.core import ColumnType
 
 from controlplane.detectors.drift import (
     CATEGORICAL_FEATURES,
     NUMERIC_FEATURES,
     ColumnDrift,
+    ColumnProfile,
     DriftResult,
     DriftSettings,
     check_drift,
+    compare_profiles,
+    profile_column,
+    profile_frame,
+    profile_rows,
 )
 from controlplane.errors import ConfigurationError, DetectorError
 
 ALL_FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+SHARE_RULE = DriftSettings(rule="share")
 
 # Mean and standard deviation of each numeric feature in the reference traffic.
 BASE = {
@@ -55,72 +63,132 @@ def by_column(result: DriftResult) -> dict[str, ColumnDrift]:
 
 
 @pytest.mark.parametrize(
-    ("shifted", "status", "drift_share", "drifted_columns"),
+    ("shifted", "status", "drift_share"),
     [
-        ((), "ok", 0.0, ()),
-        (("prompt_chars", "input_tokens"), "ok", 0.25, ("prompt_chars", "input_tokens")),
-        (
-            ("prompt_chars", "completion_chars", "input_tokens"),
-            "ok",
-            0.375,
-            ("prompt_chars", "completion_chars", "input_tokens"),
-        ),
-        (
-            ("prompt_chars", "completion_chars", "input_tokens", "output_tokens"),
-            "drifted",
-            0.5,
-            ("prompt_chars", "completion_chars", "input_tokens", "output_tokens"),
-        ),
-        (NUMERIC_FEATURES, "drifted", 0.625, NUMERIC_FEATURES),
+        ((), "ok", 0.0),
+        (("latency_ms",), "drifted", 0.125),
+        (("prompt_chars", "input_tokens"), "drifted", 0.25),
+        (NUMERIC_FEATURES, "drifted", 0.625),
     ],
 )
-def test_window_status_by_shifted_columns(shifted, status, drift_share, drifted_columns):
+def test_bonferroni_rule_flags_one_drifted_column(shifted, status, drift_share):
     result = check_drift(make_frame(300, seed=1), make_frame(300, seed=2, shifted=shifted))
 
     assert result.status == status
     assert result.drift_share == drift_share
-    assert result.drifted_columns == drifted_columns
+    assert result.drifted_columns == shifted
+    assert {c.threshold for c in result.columns} == {0.01 / 8}
 
 
 @pytest.mark.parametrize(
-    ("seeds", "drift_share", "drifted_columns"),
+    ("shifted", "status", "drift_share"),
     [
-        ((1, 2), 0.0, ()),
-        ((3, 4), 0.0, ()),
-        # At a 0.05 threshold one column in twenty drifts by chance (here K-S p = 0.034),
-        # and drift_share keeps such a window "ok".
-        ((5, 6), 0.125, ("prompt_chars",)),
+        ((), "ok", 0.0),
+        (("prompt_chars", "input_tokens"), "ok", 0.25),
+        (("prompt_chars", "completion_chars", "input_tokens"), "ok", 0.375),
+        (("prompt_chars", "completion_chars", "input_tokens", "output_tokens"), "drifted", 0.5),
+        (NUMERIC_FEATURES, "drifted", 0.625),
     ],
 )
-def test_same_distribution_is_ok(seeds, drift_share, drifted_columns):
+def test_share_rule_needs_half_the_columns(shifted, status, drift_share):
+    result = check_drift(make_frame(300, seed=1), make_frame(300, seed=2, shifted=shifted), SHARE_RULE)
+
+    assert result.status == status
+    assert result.drift_share == drift_share
+    assert result.drifted_columns == shifted
+    assert {c.threshold for c in result.columns} == {0.05}
+
+
+@pytest.mark.parametrize("seeds", [(1, 2), (3, 4), (5, 6), (7, 8)])
+def test_same_distribution_is_ok(seeds):
     reference_seed, current_seed = seeds
     result = check_drift(make_frame(300, reference_seed), make_frame(300, current_seed))
 
     assert result.status == "ok"
-    assert result.drift_share == drift_share
-    assert result.drifted_columns == drifted_columns
+    assert result.drifted_columns == ()
+    assert result.missing_status == "ok"
     assert [c.n_current for c in result.columns] == [300] * 8
 
 
 @pytest.mark.parametrize(
-    ("rows", "column", "test", "threshold"),
+    ("rows", "column", "test"),
     [
-        (300, "prompt_chars", "K-S p_value", 0.01),
-        (300, "finish_reason", "Z-test p_value", 0.01),
-        (300, "route", "Z-test p_value", 0.01),
-        # Above 1000 reference rows Evidently switches to distances with their own threshold.
-        (1500, "prompt_chars", "Wasserstein distance (normed)", 0.1),
-        (1500, "finish_reason", "Jensen-Shannon distance", 0.1),
+        (300, "prompt_chars", "K-S p_value"),
+        (300, "finish_reason", "Z-test p_value"),
+        (300, "route", "Z-test p_value"),
+        # Evidently alone would switch to distances above 1000 reference values; the cap keeps p-values.
+        (1500, "prompt_chars", "K-S p_value"),
+        (1500, "finish_reason", "Z-test p_value"),
+        (20_000, "latency_ms", "K-S p_value"),
     ],
 )
-def test_column_records_evidently_test(rows, column, test, threshold):
-    result = check_drift(make_frame(rows, 1), make_frame(rows, 2), DriftSettings(threshold=0.01))
+def test_large_windows_keep_p_value_tests(rows, column, test):
+    result = check_drift(make_frame(rows, 1), make_frame(rows, 2))
     drift = by_column(result)[column]
 
     assert drift.test == test
-    assert drift.threshold == threshold
     assert drift.status == "ok"
+    assert drift.n_reference == rows
     assert 0.0 <= drift.score <= 1.0
+
+
+def test_numeric_profile_keeps_sorted_quantiles():
+    values = list(range(10_000, 0, -1)) + [None, math.nan, math.inf]
+
+    profile = profile_column(values, "numeric", "latency_ms", sketch_size=1000)
+
+    assert (profile.rows, profile.missing, profile.present) == (10_003, 3, 10_000)
+    assert len(profile.values) == 1000
+    assert list(profile.values) == sorted(profile.values)
+    assert profile.values[0] == 5.0
+    assert profile.values[-1] == 9995.0
+
+
+def test_small_numeric_profile_keeps_every_value():
+    profile = profile_column([3, 1, 2, None], "numeric", "input_tokens")
+
+    assert profile == ColumnProfile("numeric", 4, 1, values=(1.0, 2.0, 3.0))
+
+
+def test_categorical_profile_counts_values_as_text():
+    profile = profile_column(["stop", 200, "200", None, "stop"], "categorical", "status")
+
+    assert profile == ColumnProfile("categorical", 5, 1, counts={"200": 2, "stop": 2})
+
+
+def test_profile_rows_treats_absent_keys_as_missing():
+    rows = [{"prompt_chars": 10, "route": "/chat"}, {"prompt_chars": 12}]
+
+    profiles = profile_rows(rows)
+
+    assert profiles["prompt_chars"].values == (10.0, 12.0)
+    assert (profiles["route"].missing, profiles["latency_ms"].missing) == (1, 2)
+
+
+def test_profiles_survive_json():
+    profiles = profile_frame(make_frame(50, 1))
+
+    restored = {name: ColumnProfile.from_json(json.loads(json.dumps(p.to_json()))) for name, p in profiles.items()}
+
+    assert restored == profiles
+
+
+def test_usage_gone_missing_is_its_own_signal():
+    reference = make_frame(300, 1)
+    current = make_frame(300, 2)
+    current["input_tokens"] = None
+    current["output_tokens"] = None
+
+    result = check_drift(reference, current)
+    missing = {c.column: c for c in result.missing_values}
+
+    assert result.missing_status == "drifted"
+    assert result.missing_drifted_columns == ("input_tokens", "output_tokens")
+    assert (missing["input_tokens"].reference_share, missing["input_tokens"].current_share) == (0.0, 1.0)
+    assert missing["input_tokens"].test == "Z-test p_value"
+    assert missing["latency_ms"].status == "ok"
+    assert by_column(result)["input_tokens"].status == "insufficient_data"
+    assert result.status == "ok"
 
 
 def test_all_none_column_is_insufficient_data():
@@ -140,17 +208,14 @@ def test_all_none_column_is_insufficient_data():
 
 @pytest.mark.parametrize(
     "current",
-    [
-        pd.DataFrame(columns=list(ALL_FEATURES)),
-        pd.DataFrame(),
-        make_frame(300, 2).iloc[:0],
-    ],
-    ids=["columns-only", "no-columns", "zero-rows"],
+    [pd.DataFrame(columns=list(ALL_FEATURES)), make_frame(300, 2).iloc[:0]],
+    ids=["columns-only", "zero-rows"],
 )
 def test_empty_window_is_insufficient_data(current):
     result = check_drift(make_frame(300, 1), current)
 
     assert result.status == "insufficient_data"
+    assert result.missing_status == "insufficient_data"
     assert result.drift_share is None
     assert [c.status for c in result.columns] == ["insufficient_data"] * 8
     assert [c.n_reference for c in result.columns] == [300] * 8
@@ -167,19 +232,27 @@ def test_missing_reference_is_no_reference(reference):
     assert [c.n_current for c in result.columns] == [120] * 8
 
 
-def test_unseen_category_drifts_without_warning():
-    reference = make_frame(300, 1)
-    current = make_frame(300, 2, finish_reasons=("stop", "length", "content_filter"))
+@pytest.mark.parametrize(
+    ("new_share", "status"),
+    [
+        # One event of a new reason in 300 is no evidence of change for a two-sample test.
+        (1 / 300, "ok"),
+        (0.3, "drifted"),
+    ],
+)
+def test_category_absent_from_reference_is_reported(new_share, status):
+    reference = make_frame(300, 1, finish_reasons=("stop", "length"))
+    current = make_frame(300, 2, finish_reasons=("stop", "length"))
+    current.loc[: round(new_share * 300) - 1, "finish_reason"] = "content_filter"
+    reference.loc[:9, "finish_reason"] = "tool_calls"
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = check_drift(reference, current)
-    finish = by_column(result)["finish_reason"]
+        finish = by_column(check_drift(reference, current))["finish_reason"]
 
-    assert finish.status == "drifted"
-    assert finish.test == "chi-square p_value"
-    assert finish.score == 0.0
-    assert result.status == "ok"
+    assert finish.new_categories == ("content_filter",)
+    assert finish.test == "chi-square homogeneity p_value"
+    assert finish.status == status
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 
@@ -192,6 +265,7 @@ def test_unseen_route_is_tested():
 
     assert route.status == "drifted"
     assert route.test == "Z-test p_value"
+    assert route.new_categories == ("/v1/embeddings",)
     assert route.score < 1e-10
 
 
@@ -230,6 +304,17 @@ def test_absent_column_is_no_data():
     assert result.drift_share == 0.0
 
 
+def test_scaled_counts_keep_every_category():
+    reference = {"finish_reason": ColumnProfile("categorical", 100_000, 0, counts={"stop": 99_999, "length": 1})}
+    current = {"finish_reason": ColumnProfile("categorical", 100_000, 0, counts={"stop": 99_998, "length": 2})}
+
+    finish = compare_profiles(reference, current).columns[0]
+
+    assert finish.status == "ok"
+    assert finish.test == "Z-test p_value"
+    assert finish.n_reference == 100_000
+
+
 def test_numeric_column_with_text_raises():
     current = make_frame(300, 2)
     current["latency_ms"] = current["latency_ms"].astype(object)
@@ -245,11 +330,25 @@ def test_to_json_round_trips():
     document = json.loads(json.dumps(result.to_json()))
 
     assert document["status"] == "drifted"
+    assert document["rule"] == "bonferroni"
     assert document["drift_share"] == 0.625
     assert document["columns"][0]["column"] == "prompt_chars"
     assert document["columns"][0]["test"] == "K-S p_value"
-    assert document["columns"][0]["threshold"] == 0.05
+    assert document["columns"][0]["threshold"] == 0.01 / 8
     assert document["columns"][0]["n_reference"] == 300
+    assert document["missing_values"][0]["reference_share"] == 0.0
+
+
+def test_homogeneity_test_is_registered_with_evidently():
+    test = get_registered_stattest("chisquare_homogeneity", ColumnType.Categorical)
+    reference = pd.Series(["a"] * 50 + ["b"] * 50)
+
+    same = test(reference, pd.Series(["a"] * 48 + ["b"] * 50 + ["c"] * 2), ColumnType.Categorical, 0.05)
+    changed = test(reference, pd.Series(["a"] * 20 + ["b"] * 50 + ["c"] * 30), ColumnType.Categorical, 0.05)
+
+    assert same.drifted is False
+    assert changed.drifted is True
+    assert changed.drift_score < 1e-8
 
 
 @pytest.mark.parametrize(
@@ -260,6 +359,9 @@ def test_to_json_round_trips():
         {"threshold": 1.0},
         {"drift_share": 0.0},
         {"drift_share": 1.5},
+        {"rule": "majority"},
+        {"window_alpha": 0.0},
+        {"sketch_size": 5000},
     ],
 )
 def test_invalid_settings_raise(settings):

@@ -37,7 +37,7 @@ FLAGGED = SafetyResult(
 def scored(index: int, seconds: float, safety: SafetyResult = CLEAN, cost: float | None = 0.001) -> ScoredEvent:
     event = InferenceEvent(
         event_id=f"e{index}", timestamp=T0 + timedelta(seconds=seconds), app="assistant", model="gpt-4o-mini",
-        prompt="write to alice@example.org" if safety.flagged else f"question {index}", completion="x" * (10 + index % 7),
+        prompt="write to alice@example.org" if safety.flagged else f"question {index % 10}", completion="x" * (10 + index % 7),
         usage=Usage(input_tokens=5, output_tokens=3), latency_ms=100.0 + index % 9, finish_reason="stop",
         route="/chat",
     )

