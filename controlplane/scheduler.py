@@ -38,6 +38,7 @@ from controlplane.alerting import send_due_notifications
 from controlplane.errors import ConfigurationError
 from controlplane.policies import current_policy, evaluate_job_rules
 from controlplane.settings import Settings
+from controlplane.store.drift_models import WindowProfile
 from controlplane.store.engine import make_engine, transaction
 from controlplane.store.models import (
     Base, DeadLetter, Job, Notification, NotificationAttempt, ScheduledRun, SchedulerLease, Silence, utcnow,
@@ -266,7 +267,8 @@ def queue_periodic_job(engine: Engine, settings: Settings, kind: str, task_name:
 
 
 def apply_retention(engine: Engine, settings: Settings, *, now: datetime | None = None) -> dict[str, int]:
-    """Delete rows older than retention_days: dead letters, finished notifications and jobs, ended silences, runs.
+    """Delete rows older than retention_days: dead letters, finished notifications and jobs, ended silences, runs,
+    window profiles.
 
     A finished job that another row still points at (a child job, a notification, a dataset
     version, a model version) is kept, so the trail from alert to promotion stays whole.
@@ -281,6 +283,8 @@ def apply_retention(engine: Engine, settings: Settings, *, now: datetime | None 
             Job.status.in_(jobs.FINISHED_STATUSES), func.coalesce(Job.finished_at, Job.created_at) < cutoff, *_unreferenced_jobs()
         ),
         "silences": delete(Silence).where(Silence.ends_at < cutoff),
+        # A window's profile matters only while someone may promote it; the reference keeps its own copy.
+        "window_profiles": delete(WindowProfile).where(WindowProfile.window_start < cutoff),
         "scheduled_runs": delete(ScheduledRun).where(ScheduledRun.scheduled_for < cutoff, ScheduledRun.status != "running"),
     }
     with transaction(engine) as session:

@@ -108,8 +108,17 @@ class Settings(BaseSettings):
         None, description="scrypt hash of the viewer password; viewers can read every page but not act."
     )
     budget_usd_per_day: float | None = Field(
-        None, gt=0, description="Daily spend budget in US dollars that the dashboard compares today's spend with."
+        None, gt=0,
+        description="Daily spend budget in US dollars: the dashboard compares today's spend with it, and the worker "
+        "reports a budget_burn finding when spend burns through it too fast.",
     )
+    budget_burn_threshold: float = Field(
+        2.0, gt=0, description="Burn rate, over both the last hour and the last 6 hours, that gives a budget_burn finding."
+    )
+    cost_z_threshold: float = Field(
+        6.0, gt=0, description="Robust z-score of a window's spend or tokens per request that gives a cost anomaly."
+    )
+    cost_min_baseline: int = Field(8, ge=3, description="Earlier windows a cost anomaly check needs as its baseline.")
 
     policy_file: Path | None = Field(
         None, description="YAML policy of alert rules and job rules. Empty means the packaged controlplane/data/policies.yaml."

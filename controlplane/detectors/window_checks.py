@@ -65,6 +65,8 @@ class FindingSpec:
     details: dict[str, Any] = field(default_factory=dict)
     window_start: datetime | None = None
     window_end: datetime | None = None
+    app: str | None = None  # "*" for a finding about every app, such as the budget; else the window's
+    model: str | None = None
 
 
 @dataclass(frozen=True)

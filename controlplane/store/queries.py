@@ -23,6 +23,7 @@ from controlplane.alerting.lifecycle import OPEN_STATUSES
 from controlplane.alerting.silences import silence_matches
 from controlplane.errors import StoreError
 from controlplane.store.audit_models import AuditEntry
+from controlplane.store.drift_models import ReferenceProfile
 from controlplane.store.models import (
     Alert,
     ConsumerOffset,
@@ -326,6 +327,17 @@ def drift_reference(engine: Engine, app: str, model: str) -> dict[str, Any] | No
     ).where(DriftReference.app == app, DriftReference.model == model)
     frame = utc_columns(read_frame(engine, query, ["source_window_start", "row_count", "created_at"]), "source_window_start", "created_at")
     return None if frame.empty else frame.iloc[0].to_dict()
+
+
+def reference_profiles(engine: Engine, app: str, model: str) -> pd.DataFrame:
+    """List the references of one (app, model), one per model version, the newest first."""
+    columns = ["model_version", "source", "source_window_start", "event_count", "created_at", "created_by"]
+    query = (
+        select(*(getattr(ReferenceProfile, name) for name in columns))
+        .where(ReferenceProfile.app == app, ReferenceProfile.model == model)
+        .order_by(ReferenceProfile.created_at.desc())
+    )
+    return utc_columns(read_frame(engine, query, columns), "source_window_start", "created_at")
 
 
 # ----- alerts -----

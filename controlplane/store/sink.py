@@ -32,6 +32,7 @@ from controlplane.detectors.window_checks import (
 )
 from controlplane.features import ScoredEvent
 from controlplane.settings import Settings
+from controlplane.store.cost_history import cost_findings, cost_settings
 from controlplane.store.drift_models import ReferenceProfile, WindowProfile, record_empty_windows, save_reference
 from controlplane.store.engine import transaction
 from controlplane.store.models import (
@@ -98,6 +99,7 @@ class WindowSink:
         self.topic = topic
         self.group_id = settings.consumer_group
         self.checks = CheckSettings.from_settings(settings)
+        self.cost_settings = cost_settings(settings)
         # Loaded on the first window large enough to embed, so that a worker without text drift never loads it.
         self._encoder = encoder
 
@@ -320,6 +322,10 @@ class WindowSink:
         if reference is not None:
             findings += check_safety_rate(reference, rows)
         findings += check_unpriced(rows, [window.model])
+        summary = summarize(rows)
+        findings += cost_findings(
+            session, window.app, window.model, window.start, self.settings.window_seconds, summary, self.cost_settings
+        )
         session.add(
             WindowProfile(app=window.app, model=window.model, window_start=window.start,
                           model_version=profile.model_version, event_count=len(rows), profile=profile.to_json())
@@ -328,14 +334,14 @@ class WindowSink:
         end = window.start + timedelta(seconds=self.settings.window_seconds)
         stats = WindowStats(
             app=window.app, model=window.model, window_start=window.start, window_end=end,
-            drift_status=drift_status, drift_share=drift_share, details={"drift": drift_details}, **summarize(rows),
+            drift_status=drift_status, drift_share=drift_share, details={"drift": drift_details}, **summary,
         )
         session.add(stats)
         session.flush()
         outcome = ClosedWindow(stats.id, stats.event_count, late=False)
         for spec in findings:
             finding = Finding(
-                kind=spec.kind, subject=spec.subject, app=window.app, model=window.model,
+                kind=spec.kind, subject=spec.subject, app=spec.app or window.app, model=spec.model or window.model,
                 window_start=spec.window_start or window.start, window_end=spec.window_end or end,
                 severity=spec.severity, summary=spec.summary,
                 sample_size=spec.sample_size, test=spec.test, score=spec.score, threshold=spec.threshold,

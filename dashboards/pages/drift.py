@@ -30,6 +30,10 @@ def _reference(app: str, model: str) -> None:
         f"Reference in use: {reference['row_count']:,} rows taken from the window starting "
         f"{'unknown' if pd.isna(source) else f'{source:%Y-%m-%d %H:%M} UTC'}, set {reference['created_at']:%Y-%m-%d %H:%M:%S} UTC."
     )
+    versions = queries.reference_profiles(common.engine(), app, model)
+    if len(versions) > 1 or (len(versions) == 1 and versions["model_version"].iloc[0]):
+        st.caption("References per model version (promote a window with `controlplane reference promote`):")
+        st.dataframe(versions, hide_index=True, use_container_width=True)
 
 
 def _share_chart(windows: pd.DataFrame) -> None:

@@ -505,6 +505,7 @@ def test_slot_is_recorded_once_and_gaps_coalesce(database_url, reader):
 
 def test_retention_keeps_referenced_jobs(database_url, reader):
     from controlplane.scheduler import apply_retention
+    from controlplane.store.drift_models import WindowProfile
     from controlplane.store.models import DeadLetter, Silence
 
     engine = make_engine(database_url)
@@ -530,11 +531,14 @@ def test_retention_keeps_referenced_jobs(database_url, reader):
         session.add(DeadLetter(topic="t", partition=0, offset=2, reason="bad", size_bytes=3, created_at=utcnow()))
         session.add(Silence(app="a", starts_at=old, ends_at=old + timedelta(hours=1), created_by="alice", comment=""))
         session.add(ScheduledRun(name="heartbeat", scheduled_for=old, status="succeeded", details={}))
+        for start in (old, utcnow()):
+            session.add(WindowProfile(app="a", model="m", window_start=start, event_count=1, profile={}))
 
     counts = apply_retention(engine, Settings(database_url=database_url, retention_days=30))
     engine.dispose()
     assert counts == {
-        "dead_letters": 1, "notification_attempts": 0, "notifications": 1, "jobs": 2, "silences": 1, "scheduled_runs": 1,
+        "dead_letters": 1, "notification_attempts": 0, "notifications": 1, "jobs": 2, "silences": 1, "window_profiles": 1,
+        "scheduled_runs": 1,
     }
     with transaction(reader) as session:
         kinds = set(session.scalars(select(Job.kind)))

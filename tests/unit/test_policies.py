@@ -44,7 +44,9 @@ def write(tmp_path, text: str, name: str = "policy.yaml"):
 
 def test_packaged_policy_is_valid():
     policy = load_policy()
-    assert [rule.name for rule in policy.alert_rules] == ["safety-rate", "drift", "unknown-cost", "other-findings"]
+    assert [rule.name for rule in policy.alert_rules] == [
+        "safety-rate", "drift", "cost-anomaly", "budget-burn", "unknown-cost", "other-findings"
+    ]
     assert policy.job_kinds() == {"curation", "fine_tune"}
     curate = policy.job_rules[0]
     assert (curate.min_flagged_interactions, curate.cooldown, curate.then.job) == (50, timedelta(hours=6), "fine_tune")

@@ -131,3 +131,33 @@ def test_windows_of_other_partitions_stay_open(sink):
     closed = sink.close_due(partitions={1}, now=LATER)
     assert [window.event_count for window in closed] == [1]
     assert count(sink, WindowEvent) == 5
+
+
+def test_spend_spike_and_budget_burn_become_findings(tmp_path):
+    url = f"sqlite:///{tmp_path / 'cost.db'}"
+    upgrade(url)
+    # A budget of $0.72 a day is $0.03 an hour and $0.18 for six hours.
+    settings = Settings(database_url=url, window_seconds=60, window_grace_seconds=5, drift_min_rows=20,
+                        budget_usd_per_day=0.72)
+    sink = WindowSink(make_engine(url), settings, topic="events")
+    records = []
+    for minute in range(11):
+        cost = 0.01 if minute == 10 else 0.001  # 30 events a minute: $0.03 a window, then $0.30
+        for i in range(30):
+            records.append(Record(0, len(records), scored(len(records), minute * 60 + i * 2, cost=cost)))
+    sink.ingest(records)
+    sink.ingest([Record(0, len(records), scored(len(records), 11 * 60 + 10))])
+    closed = sink.close_due(partitions={0}, now=T0 + timedelta(minutes=12))
+    assert len(closed) == 11
+    with Session(sink.engine) as session:
+        findings = session.scalars(select(Finding).where(Finding.kind == "cost").order_by(Finding.id)).all()
+    spikes = [f for f in findings if f.subject == "spend_anomaly"]
+    assert [(f.window_start.minute, f.sample_size, f.details["baseline"]) for f in spikes] == [(10, 10, "recent")]
+    assert spikes[0].details["value"] == pytest.approx(0.3)
+    assert spikes[0].details["median"] == pytest.approx(0.03)
+    burns = [f for f in findings if f.subject == "budget_burn"]
+    # Only the spike's window passes both rates: $0.60 spent by its end is 20 times the hour's
+    # share and 3.3 times the six hours' share; $0.30 by the window before is 1.7 times the latter.
+    assert [(f.window_start.minute, f.app, f.model) for f in burns] == [(10, "*", "*")]
+    assert burns[0].details["short_rate"] == pytest.approx(20.0)
+    assert burns[0].details["long_rate"] == pytest.approx(0.6 / 0.18)
