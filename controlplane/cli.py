@@ -105,7 +105,7 @@ def demo(
     datasets: Path = typer.Option(Path("../shared/datasets"), help="Folder with the public datasets."),
     baseline: Optional[Path] = typer.Option(None, help="Baseline traffic file (default: codealpaca.jsonl)."),
     shift: Optional[list[Path]] = typer.Option(None, help="Shifted traffic files, mixed (default: role-play and red-team)."),
-    timeout: float = typer.Option(300.0, help="Seconds to wait for the scenario's windows to close."),
+    timeout: float = typer.Option(600.0, help="Seconds to wait for the scenario's windows to close."),
 ) -> None:
     """Run the main scenario end to end: worker, replay, findings, summary."""
     from controlplane.demo import run_demo

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from controlplane.alerting import open_or_update_alert
+from controlplane.detectors.sequential import CusumSettings
 from controlplane.detectors.text_drift import Encoder, embed_ahead
 from controlplane.detectors.window_checks import (
     CheckSettings,
@@ -32,9 +33,10 @@ from controlplane.detectors.window_checks import (
 )
 from controlplane.features import ScoredEvent
 from controlplane.settings import Settings
-from controlplane.store.cost_history import cost_findings, cost_settings
+from controlplane.store.window_history import cost_findings, cost_settings, flagged_trend_findings
 from controlplane.store.drift_models import ReferenceProfile, WindowProfile, record_empty_windows, save_reference
 from controlplane.store.engine import transaction
+from controlplane.store.messages import alert_message, finding_message
 from controlplane.store.models import (
     Alert,
     ConsumerOffset,
@@ -100,6 +102,7 @@ class WindowSink:
         self.group_id = settings.consumer_group
         self.checks = CheckSettings.from_settings(settings)
         self.cost_settings = cost_settings(settings)
+        self.cusum_settings = CusumSettings()
         # Loaded on the first window large enough to embed, so that a worker without text drift never loads it.
         self._encoder = encoder
 
@@ -321,6 +324,8 @@ class WindowSink:
             drift_details = {**drift.to_json(), "reference": _reference_json(reference_row)}
         if reference is not None:
             findings += check_safety_rate(reference, rows)
+            findings += flagged_trend_findings(session, window.app, window.model, window.start, reference, rows,
+                                               self.cusum_settings)
         findings += check_unpriced(rows, [window.model])
         summary = summarize(rows)
         findings += cost_findings(
@@ -350,9 +355,9 @@ class WindowSink:
             session.add(finding)
             session.flush()
             alert = open_or_update_alert(session, finding)
-            outcome.findings.append(_finding_message(finding))
+            outcome.findings.append(finding_message(finding))
             if alert is not None:  # None when no alert rule of the policy matches the finding
-                outcome.alerts.append(_alert_message(alert))
+                outcome.alerts.append(alert_message(alert))
         return outcome
 
     def _embed_ahead(self, window: OpenWindow) -> Encoder | None:
@@ -411,20 +416,4 @@ def _reference_json(reference: ReferenceProfile) -> dict[str, Any]:
     return {
         "id": reference.id, "model_version": reference.model_version, "source": reference.source,
         "source_window_start": as_utc(reference.source_window_start).isoformat(), "event_count": reference.event_count,
-    }
-
-
-def _finding_message(finding: Finding) -> dict[str, Any]:
-    return {
-        "id": finding.id, "kind": finding.kind, "subject": finding.subject, "app": finding.app,
-        "model": finding.model, "window_start": finding.window_start.isoformat(), "severity": finding.severity,
-        "summary": finding.summary, "score": finding.score, "threshold": finding.threshold,
-    }
-
-
-def _alert_message(alert: Alert) -> dict[str, Any]:
-    return {
-        "id": alert.id, "fingerprint": alert.fingerprint, "status": alert.status, "severity": alert.severity,
-        "title": alert.title, "app": alert.app, "model": alert.model, "occurrences": alert.occurrences,
-        "finding_id": alert.finding_id,
     }

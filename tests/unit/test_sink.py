@@ -161,3 +161,20 @@ def test_spend_spike_and_budget_burn_become_findings(tmp_path):
     assert [(f.window_start.minute, f.app, f.model) for f in burns] == [(10, "*", "*")]
     assert burns[0].details["short_rate"] == pytest.approx(20.0)
     assert burns[0].details["long_rate"] == pytest.approx(0.6 / 0.18)
+
+
+def test_persistent_rise_in_flagged_share_is_a_trend_finding(sink):
+    # A clean reference window, then windows with 4 of 40 flagged: never rare enough in one
+    # window for the binomial test, but the CUSUM gains about 1.9 a window and alarms in the fifth.
+    records = []
+    for minute in range(7):
+        for i in range(40):
+            safety = FLAGGED if minute > 0 and i < 4 else CLEAN
+            records.append(Record(0, len(records), scored(len(records), minute * 60 + i, safety)))
+    sink.ingest(records)
+    sink.ingest([Record(0, len(records), scored(len(records), 7 * 60 + 10))])
+    sink.close_due(partitions={0}, now=T0 + timedelta(minutes=8))
+    with Session(sink.engine) as session:
+        findings = session.scalars(select(Finding).where(Finding.kind == "safety")).all()
+    assert [(f.subject, f.window_start.minute, f.details["windows"]) for f in findings] == [("flagged_rate_trend", 5, 5)]
+    assert findings[0].details["flagged"] == 20

@@ -1,9 +1,9 @@
-"""Reads of earlier windows for the cost checks, in the transaction that closes a window."""
+"""Reads of earlier windows for the cost and flagged-rate checks, in the transaction that closes a window."""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
@@ -16,7 +16,8 @@ from controlplane.detectors.cost_checks import (
     seasonal_ranges,
     tokens_per_request,
 )
-from controlplane.detectors.window_checks import FindingSpec
+from controlplane.detectors.sequential import CusumSettings, check_flagged_cusum
+from controlplane.detectors.window_checks import FindingSpec, Profile
 from controlplane.settings import Settings
 from controlplane.store.models import WindowStats
 from controlplane.windows import as_utc
@@ -83,3 +84,26 @@ def _spend_since(session: Session, since: datetime, before: datetime) -> float:
         select(func.sum(WindowStats.cost_usd)).where(WindowStats.window_end > since, WindowStats.window_start < before)
     )
     return float(total or 0.0)
+
+
+def flagged_history(session: Session, app: str, model: str, start: datetime, limit: int) -> list[tuple[int, int]]:
+    """Return (flagged, events) of up to `limit` windows of (app, model) before `start`, oldest first."""
+    rows = session.execute(
+        select(WindowStats.flagged_count, WindowStats.event_count)
+        .where(WindowStats.app == app, WindowStats.model == model, WindowStats.window_start < start)
+        .order_by(WindowStats.window_start.desc())
+        .limit(limit)
+    ).all()
+    return [(int(flagged or 0), int(events)) for flagged, events in reversed(rows)]
+
+
+def flagged_trend_findings(
+    session: Session, app: str, model: str, start: datetime, reference: Profile, rows: Sequence[Mapping[str, Any]],
+    settings: CusumSettings,
+) -> list[FindingSpec]:
+    """Run the flagged-rate CUSUM over the earlier windows of (app, model) and the window being closed."""
+    history = flagged_history(session, app, model, start, settings.max_windows)
+    current = (sum(1 for row in rows if row.get("flagged")), len(rows))
+    # The same pseudo-count as the per-window test, so that a clean reference is not a rate of 0.
+    base_rate = (reference.flagged_count + 1) / (reference.event_count + 2)
+    return check_flagged_cusum(history, current, base_rate, settings)
