@@ -109,42 +109,47 @@ def _models() -> None:
 
 
 def _promote(models) -> None:
-    user = common.current_user()
     candidates = models[models["status"].isin(["candidate", "retired"])]
     if candidates.empty:
         return
     labels = {int(row.id): f"{row.name} v{row.version} ({row.status})" for row in candidates.itertuples()}
     model_id = st.selectbox("Adapter to promote", list(labels), format_func=labels.get, key="models_promote_id")
     reason = st.text_input("Reason for the promotion", key="models_promote_reason")
-    if st.button("Promote…", disabled=not user.can_act, key="models_promote"):
-        st.session_state[PENDING_KEY] = ("promote", model_id)
-    if st.session_state.get(PENDING_KEY) == ("promote", model_id):
-        st.warning(f"Promote {labels[model_id]}? It replaces the adapter now in use for its name.")
-        yes, no = st.columns(2)
-        if yes.button("Confirm promotion", type="primary", key="models_promote_confirm"):
-            _act(f"Promoted {labels[model_id]}.", lambda who: actions.promote_model(common.engine(), model_id, who, reason))
-        if no.button("Cancel", key="models_promote_cancel"):
-            st.session_state.pop(PENDING_KEY, None)
-            st.rerun()
+    _confirmed_action(
+        "promote", model_id, button="Promote…", confirm="Confirm promotion",
+        question=f"Promote {labels[model_id]}? It replaces the adapter now in use for its name.",
+        done=f"Promoted {labels[model_id]}.",
+        run=lambda who: actions.promote_model(common.engine(), model_id, who, reason),
+    )
 
 
 def _rollback(models) -> None:
-    user = common.current_user()
     names = sorted(set(models.loc[models["status"] == "promoted", "name"]))
     if not names:
         return
     name = st.selectbox("Adapter name to roll back", names, key="models_rollback_name")
     reason = st.text_input("Reason for the rollback", key="models_rollback_reason")
-    if st.button("Roll back…", disabled=not user.can_act, key="models_rollback"):
-        st.session_state[PENDING_KEY] = ("rollback", name)
-    if st.session_state.get(PENDING_KEY) == ("rollback", name):
-        st.warning(f"Roll back {name}? The adapter promoted before the current one comes back, and the current one is rejected.")
-        yes, no = st.columns(2)
-        if yes.button("Confirm rollback", type="primary", key="models_rollback_confirm"):
-            _act(f"Rolled back {name}.", lambda who: actions.rollback_model(common.engine(), name, who, reason))
-        if no.button("Cancel", key="models_rollback_cancel"):
-            st.session_state.pop(PENDING_KEY, None)
-            st.rerun()
+    _confirmed_action(
+        "rollback", name, button="Roll back…", confirm="Confirm rollback",
+        question=f"Roll back {name}? The adapter promoted before the current one comes back, and the current one is rejected.",
+        done=f"Rolled back {name}.",
+        run=lambda who: actions.rollback_model(common.engine(), name, who, reason),
+    )
+
+
+def _confirmed_action(action: str, target, *, button: str, confirm: str, question: str, done: str, run) -> None:
+    # A first click records the pending action; it runs only after the confirm button.
+    if st.button(button, disabled=not common.current_user().can_act, key=f"models_{action}"):
+        st.session_state[PENDING_KEY] = (action, target)
+    if st.session_state.get(PENDING_KEY) != (action, target):
+        return
+    st.warning(question)
+    yes, no = st.columns(2)
+    if yes.button(confirm, type="primary", key=f"models_{action}_confirm"):
+        _act(done, run)
+    if no.button("Cancel", key=f"models_{action}_cancel"):
+        st.session_state.pop(PENDING_KEY, None)
+        st.rerun()
 
 
 def render() -> None:
