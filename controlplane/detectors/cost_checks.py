@@ -13,8 +13,8 @@ spend shows as a traffic drop.
 
 Budget burn rate. Spend of every app and model over the last `burn_short_s` and over the last
 `burn_long_s`, each divided by the budget's share for that span. Both must reach
-`burn_threshold`: the long span says the overspend is sustained, the short one that it still
-goes on. A rate of 2 spends a day's budget in 12 hours.
+`burn_threshold`: the long span shows that the overspend is sustained, the short one that it
+still goes on. A rate of 2 spends a day's budget in 12 hours.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ def burn_rate(spend_usd: float, span_s: float, budget_usd_per_day: float) -> flo
 
 
 def check_budget_burn(short_spend: float, long_spend: float, settings: CostSettings) -> list[FindingSpec]:
-    """A finding when both the short and the long burn rate reach the threshold; none without a budget."""
+    """Return a finding when both the short and the long burn rate reach the threshold; none without a budget."""
     budget = settings.budget_usd_per_day
     if budget is None:
         return []

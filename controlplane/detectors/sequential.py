@@ -58,7 +58,7 @@ def cusum_path(windows: Sequence[tuple[int, int]], base_rate: float, settings: C
 def check_flagged_cusum(
     history: Sequence[tuple[int, int]], current: tuple[int, int], reference_rate: float, settings: CusumSettings
 ) -> list[FindingSpec]:
-    """A finding when the CUSUM over the earlier windows and this one raises its alarm at this window."""
+    """Run the CUSUM over the earlier windows and this one; return a finding when it alarms at this window."""
     if not 0.0 < reference_rate < 1.0 or current[1] == 0:
         return []
     windows = [*history[-settings.max_windows :], current]

@@ -48,7 +48,8 @@ def test_finding_reports_the_run_that_raised_it():
     history = [(3, 300)] * 5 + [(12, 300)]
     [finding] = check_flagged_cusum(history, (12, 300), reference_rate=0.01, settings=SETTINGS)
     assert (finding.kind, finding.subject) == ("safety", "flagged_rate_trend")
-    assert finding.details["windows"] == 2 and finding.details["flagged"] == 24
+    assert finding.details["windows"] == 2
+    assert finding.details["flagged"] == 24
     assert finding.sample_size == 600
     assert finding.score >= finding.threshold == 8.0
 
