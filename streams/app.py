@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
 import faust
@@ -24,6 +26,43 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_BACKOFF_S = 30.0
+# Passed to the sink as the current time, it makes no window look idle, so only event time closes one.
+EVENT_TIME_ONLY = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+class IdleClock:
+    """Times since which this worker has been able to consume and store each of its partitions.
+
+    A window closes by wall-clock idleness when its (app, model) sent nothing for the idle period.
+    Nothing stored is evidence of that only while this worker could consume and store. After a
+    start, a new assignment or a database failure, the events may still wait in Kafka. So a
+    partition's windows close by event time alone until the worker has been able to store that
+    partition for the idle period.
+    """
+
+    def __init__(self, idle_s: float) -> None:
+        self.idle_s = idle_s
+        self.assigned_at: dict[int, float] = {}
+        self.storing_since: float | None = None  # None until the pipeline is ready, and while the database is away
+
+    def mark_storing(self) -> None:
+        if self.storing_since is None:
+            self.storing_since = time.monotonic()
+
+    def mark_blocked(self) -> None:
+        self.storing_since = None
+
+    def split(self, partitions: set[int]) -> tuple[set[int], set[int]]:
+        """Split the assigned partitions into those whose windows may close by idleness and the others."""
+        now = time.monotonic()
+        self.assigned_at = {partition: self.assigned_at.get(partition, now) for partition in partitions}
+        if self.storing_since is None:
+            return set(), set(partitions)
+        settled = {
+            partition for partition, assigned in self.assigned_at.items()
+            if now - max(assigned, self.storing_since) >= self.idle_s
+        }
+        return settled, partitions - settled
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -47,13 +86,18 @@ def create_app(settings: Settings) -> faust.App:
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pipeline")
     state: dict[str, Pipeline] = {}
+    # The agent and the timer both request the pipeline at start, and without the lock each would build one.
+    pipeline_lock = asyncio.Lock()
+    idle_clock = IdleClock(settings.window_idle_close_seconds)
 
     async def run(function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
 
     async def pipeline() -> Pipeline:
-        if "pipeline" not in state:
-            state["pipeline"] = await run(Pipeline, make_engine(settings.database_url), settings, settings.topic_events)
+        async with pipeline_lock:
+            if "pipeline" not in state:
+                state["pipeline"] = await run(Pipeline, make_engine(settings.database_url), settings, settings.topic_events)
+                idle_clock.mark_storing()
         return state["pipeline"]
 
     @app.agent(events)
@@ -67,9 +111,9 @@ def create_app(settings: Settings) -> faust.App:
                 for event in batch
             ]
             worker = await pipeline()
-            records, dead = await _with_backoff(lambda: run(worker.prepare, messages), "prepare a batch")
+            records, dead = await _with_backoff(lambda: run(worker.prepare, messages), "prepare a batch", idle_clock)
             await _send_dead_letters(dlq, settings.topic_events, dead)
-            result = await _with_backoff(lambda: run(worker.store, records), "store a batch")
+            result = await _with_backoff(lambda: run(worker.store, records), "store a batch", idle_clock)
             if result.rejected or result.skipped_duplicates:
                 log.info(
                     "batch stored=%d rejected=%d duplicates=%d flagged=%d",
@@ -79,11 +123,14 @@ def create_app(settings: Settings) -> faust.App:
     @app.timer(interval=1.0)
     async def close_windows() -> None:
         partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == settings.topic_events}
+        settled, settling = idle_clock.split(partitions)  # also when empty, to drop revoked partitions from the clock
         if not partitions:
             return
         worker = await pipeline()
         try:
-            closed = await run(worker.close_due, partitions)
+            closed = await run(worker.close_due, settled) if settled else []
+            if settling:
+                closed += await run(worker.sink.close_due, settling, EVENT_TIME_ONLY)
         except OperationalError as exc:
             log.warning("closing windows failed, will retry in 1s: %s", exc.orig)
             return
@@ -113,14 +160,18 @@ async def _send_dead_letters(dlq: faust.TopicT, source_topic: str, dead: list[De
         log.warning("sent %d rejected messages to %s", len(futures), dlq.get_topic_name())
 
 
-async def _with_backoff(step: Callable[[], Any], what: str) -> Any:
+async def _with_backoff(step: Callable[[], Any], what: str, idle_clock: IdleClock) -> Any:
     # The database may be away for a while (restart, failover): wait and retry the same batch,
     # never skip it, so that nothing is lost.
     delay = 0.5
     while True:
         try:
-            return await step()
+            result = await step()
         except OperationalError as exc:
+            idle_clock.mark_blocked()
             log.warning("database unavailable, failed to %s; retrying in %.1fs: %s", what, delay, exc.orig)
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
+            continue
+        idle_clock.mark_storing()
+        return result

@@ -7,13 +7,15 @@ is skipped on a developer's machine and fails in CI (CI=true).
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -135,13 +137,15 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(timeout=30)
 
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
-@pytest.fixture
-def worker_env(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> dict[str, str]:
-    """Environment of a worker with this test's broker, database and topics, and short windows."""
+def worker_environment(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> dict[str, str]:
+    """Build the environment of a worker with the given broker, database and topics, and short windows."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CONTROLPLANE_")}
     env.update(
         {
@@ -163,15 +167,118 @@ def worker_env(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> di
 
 
 @pytest.fixture
-def start_worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator:
-    """Start worker processes for this test; all are stopped at the end."""
+def worker_env(kafka_bootstrap: str, database_url: str, topic_prefix: str) -> dict[str, str]:
+    """Environment of a worker with this test's broker, database and topics, and short windows."""
+    return worker_environment(kafka_bootstrap, database_url, topic_prefix)
+
+
+@pytest.fixture
+def launch_worker(tmp_path: Path) -> Iterator:
+    """Start worker processes with a given environment, and stop them all at the end."""
     workers: list[WorkerProcess] = []
 
-    def start(name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(dict(worker_env), tmp_path / f"{name}.log").start()
+    def start(env: dict[str, str], name: str = "worker") -> WorkerProcess:
+        worker = WorkerProcess(dict(env), tmp_path / f"{name}.log").start()
         workers.append(worker)
         return worker
 
     yield start
     for worker in workers:
         worker.stop()
+
+
+@pytest.fixture
+def start_worker(worker_env: dict[str, str], launch_worker: Callable[..., WorkerProcess]) -> Callable[..., WorkerProcess]:
+    """Start worker processes with this test's environment, which launch_worker stops at the end."""
+
+    def start(name: str = "worker") -> WorkerProcess:
+        return launch_worker(worker_env, name)
+
+    return start
+
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+
+
+class ServiceCommandError(RuntimeError):
+    """A start or stop script of a private service exited with an error."""
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_pair() -> int:
+    """Return a free TCP port on 127.0.0.1 whose successor is free too (Kafka puts its controller there)."""
+    for _ in range(100):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        if port < 65535 and _port_is_free(port + 1):
+            return port
+    raise RuntimeError("found no two adjacent free TCP ports on 127.0.0.1 in 100 tries")
+
+
+class PrivateService:
+    """A Kafka broker or PostgreSQL server of one test, run by its script in scripts/ on its own port and directory."""
+
+    def __init__(self, script: str, port_variable: str, home_variable: str, port: int, home: Path) -> None:
+        self.script = SCRIPTS / script
+        self.port = port
+        self.home = home
+        self.env = {**os.environ, port_variable: str(port), home_variable: str(home)}
+
+    def run(self, command: str, *args: str, timeout_s: float = 180) -> str:
+        """Run the script with `command` and return its standard output, or raise ServiceCommandError if it fails."""
+        result = subprocess.run(
+            [str(self.script), command, *args], env=self.env, capture_output=True, text=True, timeout=timeout_s
+        )
+        if result.returncode != 0:
+            raise ServiceCommandError(
+                f"{self.script.name} {command} failed with exit code {result.returncode} "
+                f"(port {self.port}, directory {self.home}):\n{result.stdout}{result.stderr}"
+            )
+        return result.stdout
+
+    def start(self) -> None:
+        self.run("start")
+
+    def stop(self) -> None:
+        self.run("stop")
+
+
+def run_private_service(service: PrivateService) -> Iterator[PrivateService]:
+    """Start `service`, yield it and stop it at the end, also when the test failed or stopped it itself."""
+    try:
+        try:
+            service.start()
+        except (ServiceCommandError, subprocess.TimeoutExpired) as exc:
+            missing_service(f"could not start a private service for a fault test: {exc}")
+        yield service
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def private_kafka(tmp_path: Path) -> Iterator[PrivateService]:
+    """A Kafka broker of this test alone, which the test may stop and start again (KRaft, data kept)."""
+    service = PrivateService("kafka.sh", "KAFKA_PORT", "KAFKA_HOME_DIR", free_port_pair(), tmp_path / "kafka")
+    yield from run_private_service(service)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivateService]:
+    """A PostgreSQL server of this test alone, which the test may stop and start again. Its directory is deleted at the end."""
+    # Not under tmp_path: when the tests run as root the server runs as the user postgres, which
+    # cannot enter pytest's private temporary directory.
+    home = Path(tempfile.mkdtemp(prefix="cp-faults-pg-"))
+    service = PrivateService("postgres.sh", "POSTGRES_PORT", "POSTGRES_HOME_DIR", free_port_pair(), home)
+    try:
+        yield from run_private_service(service)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
