@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> faust.App:
     # The agent and the timer both request the pipeline at start, and without the lock each would build one.
     pipeline_lock = asyncio.Lock()
     idle_clock = IdleClock(settings.window_idle_close_seconds)
+    close_failures = {"count": 0}
 
     async def run(function: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, function, *args)
@@ -132,8 +133,15 @@ def create_app(settings: Settings) -> faust.App:
             if settling:
                 closed += await run(worker.sink.close_due, settling, EVENT_TIME_ONLY)
         except OperationalError as exc:
-            log.warning("closing windows failed, will retry in 1s: %s", exc.orig)
+            idle_clock.mark_blocked()
+            close_failures["count"] += 1
+            # One line for the first failure and then one a minute, not one a second through an outage.
+            if close_failures["count"] == 1 or close_failures["count"] % 60 == 0:
+                log.warning("closing windows failed %d times in a row, retrying every 1s: %s", close_failures["count"], exc.orig)
             return
+        if close_failures["count"]:
+            log.info("closing windows works again after %d failed attempts", close_failures["count"])
+            close_failures["count"] = 0
         for window in closed:
             for finding in window.findings:
                 await findings_topic.send(key=finding["app"].encode(), value=json.dumps(finding).encode())
