@@ -1,4 +1,4 @@
-"""Stream measurements: the plain-consumer ceiling, the worker's throughput and memory, alert latency."""
+"""Stream measurements: the plain-consumer ceiling, and a worker process's throughput and memory."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 
 from controlplane.store.engine import make_engine
 from controlplane.store.migrate import upgrade
-from controlplane.store.models import ConsumerOffset, Finding
+from controlplane.store.models import ConsumerOffset
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,9 @@ class WorkerRun:
     eps: float
     rss_peak_mb: float
     rss_final_mb: float
-    rss_samples_mb: list[tuple[int, float]] = field(default_factory=list)
+    # (seconds since the worker started, events stored, RSS in MiB), one sample per second.
+    rss_samples: list[tuple[float, int, float]] = field(default_factory=list)
+    first_stored_s: float = 0.0
 
 
 def worker_env(bootstrap: str, database_url: str, prefix: str, **overrides: str) -> dict[str, str]:
@@ -84,14 +86,16 @@ def fresh_sqlite(directory: Path) -> str:
 
 
 def run_worker(env: dict[str, str], expected: int, log_path: Path, timeout_s: float) -> WorkerRun:
-    """Start a worker, wait until it stored offsets for `expected` events, and sample its memory."""
+    """Start a worker, wait until it stored offsets for `expected` events, and sample its RSS every second."""
     engine = make_engine(env["CONTROLPLANE_DATABASE_URL"])
     with log_path.open("wb") as log_file:
         process = subprocess.Popen([sys.executable, "-m", "controlplane", "worker", "--loglevel", "warning"],
                                    env=env, stdout=log_file, stderr=subprocess.STDOUT)
     ps = psutil.Process(process.pid)
-    samples: list[tuple[int, float]] = []
+    samples: list[tuple[float, int, float]] = []
+    started = time.perf_counter()
     began = first_at = None
+    first_stored_s = 0.0
     stored = 0
     deadline = time.monotonic() + timeout_s
     try:
@@ -100,13 +104,13 @@ def run_worker(env: dict[str, str], expected: int, log_path: Path, timeout_s: fl
                 raise RuntimeError(f"the benchmark worker exited with {process.returncode}; see {log_path}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the worker stored {stored} of {expected} events in {timeout_s:.0f}s; see {log_path}")
-            time.sleep(0.5)
+            time.sleep(1.0)
             with engine.connect() as connection:
                 stored = connection.scalar(select(func.coalesce(func.sum(ConsumerOffset.next_offset), 0)))
-            rss = ps.memory_info().rss
-            samples.append((stored, rss / 2**20))
+            elapsed = time.perf_counter() - started
+            samples.append((round(elapsed, 1), stored, ps.memory_info().rss / 2**20))
             if stored and first_at is None:
-                first_at, began = stored, time.perf_counter()
+                first_at, began, first_stored_s = stored, time.perf_counter(), elapsed
         seconds = time.perf_counter() - began
     finally:
         process.terminate()
@@ -115,19 +119,9 @@ def run_worker(env: dict[str, str], expected: int, log_path: Path, timeout_s: fl
     measured = expected - (first_at or 0)
     return WorkerRun(
         events=expected, seconds=seconds, eps=measured / seconds if seconds else 0.0,
-        rss_peak_mb=max(rss for _, rss in samples), rss_final_mb=samples[-1][1], rss_samples_mb=samples,
+        rss_peak_mb=max(rss for _, _, rss in samples), rss_final_mb=samples[-1][2], rss_samples=samples,
+        first_stored_s=first_stored_s,
     )
-
-
-def alert_latencies(database_url: str) -> list[float]:
-    """Seconds from a window's start (the produce time of its first event) to its stored finding."""
-    engine = make_engine(database_url)
-    with engine.connect() as connection:
-        rows = connection.execute(select(Finding.window_start, Finding.created_at)).all()
-    engine.dispose()
-    from controlplane.windows import as_utc
-
-    return sorted((as_utc(created) - as_utc(start)).total_seconds() for start, created in rows)
 
 
 def temp_dir() -> Path:

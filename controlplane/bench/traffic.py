@@ -38,16 +38,22 @@ def load_pairs(datasets_dir: Path) -> list[tuple[str, str]]:
 
 
 def events(
-    pairs: list[tuple[str, str]], count: int, start: datetime, rate: float, model: str = "gpt-4o-mini", seed: int = 11
+    pairs: list[tuple[str, str]],
+    count: int,
+    start: datetime,
+    rate: float,
+    model: str = "gpt-4o-mini",
+    seed: int = 11,
+    apps: tuple[str, ...] = APPS,
 ) -> Iterator[InferenceEvent]:
-    """Yield `count` events drawn from `pairs`, `rate` per event-time second, over four apps."""
+    """Yield `count` events drawn from `pairs`, `rate` per event-time second, spread evenly over `apps`."""
     rng = random.Random(seed)
     for index in range(count):
         prompt, completion = pairs[rng.randrange(len(pairs))]
         yield InferenceEvent(
             event_id=str(uuid.UUID(int=rng.getrandbits(128))),
             timestamp=start + timedelta(seconds=index / rate),
-            app=APPS[index % len(APPS)],
+            app=apps[index % len(apps)],
             model=model,
             route="/v1/chat/completions",
             prompt=prompt,

@@ -59,7 +59,9 @@ _LEET_TABLE = str.maketrans(
     {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i", "|": "i"}
 )
 # A word-like run in which leetspeak may hide letters. "!" and "|" only count inside it.
-_LEET_TOKEN = re.compile(r"[A-Za-z0-9@$!|]+")
+# Only runs with a letter and a substitute can change, so the pattern skips the others. Its
+# lookbehind anchors it at the start of a run, which keeps the scan linear.
+_LEET_TOKEN = re.compile(r"(?<![A-Za-z0-9@$!|])(?=[0-9@$!|]*[A-Za-z])[A-Za-z]*[0-9@$!|][A-Za-z0-9@$!|]*")
 _SPACED_LETTERS = re.compile(r"\b(?:[A-Za-z][ .\-_*]){2,}[A-Za-z]\b")
 _SEPARATORS = re.compile(r"[ .\-_*]")
 _REPEATED_LETTER = re.compile(r"([A-Za-z])\1{2,}")
@@ -124,8 +126,12 @@ def normalize_with_offsets(text: str) -> NormalizedText:
 def fold_leetspeak(text: str) -> str:
     """Return ASCII text with leetspeak digits and symbols, spaced letters and letter runs folded."""
     folded = fold_leet_characters(text)
-    folded = _SPACED_LETTERS.sub(lambda match: _SEPARATORS.sub("", match.group()), folded)
-    return _REPEATED_LETTER.sub(r"\1", folded)
+    # Both patterns rarely match, and a search is cheaper than a sub that copies the text.
+    if _SPACED_LETTERS.search(folded):
+        folded = _SPACED_LETTERS.sub(lambda match: _SEPARATORS.sub("", match.group()), folded)
+    if _REPEATED_LETTER.search(folded):
+        folded = _REPEATED_LETTER.sub(r"\1", folded)
+    return folded
 
 
 def fold_leet_characters(text: str) -> str:

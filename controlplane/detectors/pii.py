@@ -40,6 +40,27 @@ CANDIDATE_PATTERNS = {
     "IP_ADDRESS": re.compile(r"\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:"),
     "URL": re.compile(r"://|www\.|\.[a-z]{2,}", re.IGNORECASE),
 }
+# Entities whose candidate pattern needs a digit: one search for any digit skips them all.
+_DIGIT_ENTITIES = frozenset({"PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN"})
+_DIGIT = re.compile(r"\d")
+
+
+# The phone recognizer (the phonenumbers matcher) parses every digit run of a text as a
+# candidate, which is most of its cost, so it runs only on segments of the text that can hold
+# a phone number. The matcher's candidates never contain the characters below, and
+# tests/unit/test_pii_phone_segments.py checks that. A segment that starts and ends with one of
+# them therefore gives the same candidates as the whole text, with the same characters around
+# each candidate, which the matcher also reads.
+_PHONE_BREAKS = "bcdfghjklmpqruvwyzBCDFGHJKLMPQRUVWYZ\n\r\"'`{}<>|\\!?@$%&*^_"
+_PHONE_SEGMENT = re.compile("[^" + re.escape(_PHONE_BREAKS) + "]+")
+# Separators the matcher allows between digit groups, up to four in a row (phonenumbers 9.0).
+_PHONE_PUNCTUATION = (
+    "\\-xX\u2010-\u2015\u2212\u30fc\uff0d-\uff0f \u00a0\u00ad\u200b\u2060\u3000"
+    "()\uff08\uff09\uff3b\uff3d.\\[\\]/~\u2053\u223c\uff5e"
+)
+# No valid number of the recognizer's regions, nor any number with a country code, has fewer
+# than four digits. "x" counts as a digit because phonenumbers reads letters as keypad digits.
+_PHONE_MIN_DIGITS = re.compile("[\\dxX](?:[" + _PHONE_PUNCTUATION + "]{0,4}[\\dxX]){3}")
 
 
 @dataclass(frozen=True)
@@ -70,15 +91,56 @@ class PiiDetector:
             return []
         normalized = normalize_with_offsets(text)
         found = []
+        has_digit = _DIGIT.search(normalized.text) is not None
         for entity, recognizer in zip(self.entities, self._recognizers, strict=True):
+            if entity in _DIGIT_ENTITIES and not has_digit:
+                continue
             if not CANDIDATE_PATTERNS[entity].search(normalized.text):
                 continue
-            for result in recognizer.analyze(normalized.text, list(recognizer.supported_entities), None):
+            for result in _analyze(entity, recognizer, normalized.text):
                 matched = normalized.text[result.start : result.end]
                 if result.score >= self.min_score and not _is_placeholder(result.entity_type, matched):
                     start, end = normalized.to_original(result.start, result.end)
                     found.append(PiiMatch(result.entity_type, start, end, float(result.score)))
         return _drop_overlaps(found)
+
+
+@dataclass(frozen=True)
+class _Result:
+    """A recognizer result at offsets of the whole text."""
+
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+def _analyze(entity: str, recognizer, text: str) -> list:
+    if entity != "PHONE_NUMBER":
+        return recognizer.analyze(text, list(recognizer.supported_entities), None)
+    results = []
+    for offset, segment in phone_segments(text):
+        for result in recognizer.analyze(segment, list(recognizer.supported_entities), None):
+            results.append(_Result(result.entity_type, result.start + offset, result.end + offset, result.score))
+    return results
+
+
+def phone_segments(text: str) -> list[tuple[int, str]]:
+    """Return (offset, segment) pairs of `text` outside which the phone recognizer cannot match.
+
+    Each segment keeps the break character on either side, because the matcher rejects a
+    number that a letter touches. Segments whose digit groups are too short are left out.
+    """
+    bounds: list[list[int]] = []
+    for run in _PHONE_SEGMENT.finditer(text):
+        if not _PHONE_MIN_DIGITS.search(text, run.start(), run.end()):
+            continue
+        start, end = max(run.start() - 1, 0), min(run.end() + 1, len(text))
+        if bounds and start <= bounds[-1][1]:
+            bounds[-1][1] = end  # neighbors share a break character, so one call covers both
+        else:
+            bounds.append([start, end])
+    return [(start, text[start:end]) for start, end in bounds]
 
 
 def _is_placeholder(entity_type: str, matched: str) -> bool:

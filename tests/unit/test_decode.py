@@ -69,3 +69,27 @@ def test_round_trip_and_key():
     assert event.prompt_text() == "be brief\nq"
     assert event.user_prompt_text() == "q"
     assert event.timestamp.tzinfo is not None
+
+
+GUARD_CASES = [
+    # (case, raw message value)
+    ("plain event", _with()),
+    ("text over the limit", _with(completion="x" * 300)),
+    ("message over the limit", _with(prompt=None, messages=[{"role": "user", "content": "y" * 300}])),
+    ("negative latency", _with(latency_ms=-5.0)),
+    ("first token after the last", _with(latency_ms=10.0, time_to_first_token_ms=20.0)),
+    ("lone surrogate escape", _with(prompt="a\ud800b")),
+    ("surrogate pair escape", _with(prompt="a\U0001f600b")),
+    ("escaped backslash before u", _with(prompt="path C:\\ud80 here")),
+    ("surrogate in metadata key", _with(metadata={"k\udfff": 1})),
+]
+
+
+@pytest.mark.parametrize(("case", "raw"), GUARD_CASES, ids=[case for case, _ in GUARD_CASES])
+def test_decode_message_equals_guarded_event(case, raw):
+    from controlplane.events.decode import decode_message
+    from controlplane.events.guards import guard_event
+
+    decoded = decode_message(raw, max_text_chars=256)
+
+    assert decoded == [guard_event(decode_event(raw), 256)]

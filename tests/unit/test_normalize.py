@@ -89,6 +89,13 @@ LEET_CHARACTER_CASES = [
     ("number kept", "port 8080", "port 8080"),
     ("spaced letters kept", "f o o l", "f o o l"),
     ("letter runs kept", "shiiiit", "shiiiit"),
+    ("digit before letters", "3vil", "evil"),
+    ("symbols only kept", "$$$ || !!", "$$$ || !!"),
+    ("leading bar folded, trailing bar kept", "|a|", "ia|"),
+    ("bar inside a word", "a|b", "aib"),
+    ("digits after a word, 2 has no letter", "abc123", "abci2e"),
+    ("underscore splits words", "k1ll_th3m", "kill_them"),
+    ("long word without substitutes", "a" * 3000 + " 1", "a" * 3000 + " 1"),
 ]
 
 
