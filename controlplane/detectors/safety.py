@@ -44,10 +44,11 @@ FIELDS = ("prompt", "completion")
 CONTEXT_FIELD = "retrieved_context[{index}]"
 ENCODED_LABEL_PREFIX = "base64:"
 
-# Offensive-language thresholds for completions, per model. Chosen on the even-numbered
-# dialogues of hh-rlhf's harmless test split (the pair with the highest ratio of flagged
-# rejected to chosen final turns that still flags 5% of rejected ones); the odd-numbered
-# half, held out, gives the ratio reported by `make eval`. Prompts use toxicity_threshold.
+# Offensive-language thresholds for completions, per model. They were chosen on the
+# even-numbered dialogues of hh-rlhf's harmless test split, as the pair with the highest ratio
+# of flagged rejected to chosen final turns that still flags 5% of the rejected ones. The
+# odd-numbered half is held out and gives the ratio that `make eval` reports. Prompts use
+# toxicity_threshold.
 COMPLETION_WORD_THRESHOLD = 0.7
 COMPLETION_EMBEDDING_THRESHOLD = 0.8
 

@@ -37,7 +37,7 @@ def cost_settings(settings: Settings) -> CostSettings:
 
 
 def window_cost(start: datetime, summary: Mapping[str, Any]) -> WindowCost:
-    """The cost figures of a window from its `windows.summarize` summary."""
+    """Build the cost figures of a window from its `windows.summarize` summary."""
     with_usage = summary["event_count"] - summary["usage_unknown_count"]
     return WindowCost(
         as_utc(start), summary["cost_usd"], tokens_per_request(summary["input_tokens"], summary["output_tokens"], with_usage)
