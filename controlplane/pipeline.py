@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Sequence
 
 from sqlalchemy import Engine, select
@@ -75,9 +76,9 @@ class Pipeline:
         """Store prepared records and their offsets in one transaction."""
         return self.sink.ingest(records)
 
-    def close_due(self, partitions: set[int] | None) -> list[ClosedWindow]:
-        """Close the windows of `partitions` that are due."""
-        return self.sink.close_due(partitions)
+    def close_due(self, partitions: set[int] | None, now: datetime | None = None) -> list[ClosedWindow]:
+        """Close the windows of `partitions` that are due at wall-clock time `now` (the current time when None)."""
+        return self.sink.close_due(partitions, now)
 
     def _unseen(self, messages: Sequence[RawMessage]) -> list[RawMessage]:
         partitions = {message.partition for message in messages}

@@ -131,7 +131,7 @@ def create_app(settings: Settings) -> faust.App:
         try:
             closed = await run(worker.close_due, settled) if settled else []
             if settling:
-                closed += await run(worker.sink.close_due, settling, EVENT_TIME_ONLY)
+                closed += await run(worker.close_due, settling, EVENT_TIME_ONLY)
         except OperationalError as exc:
             idle_clock.mark_blocked()
             close_failures["count"] += 1

@@ -232,8 +232,8 @@ class SafetyScorer:
     def _offensive_flag(self, text: _Text) -> bool:
         if text.role != "completion":
             return text.offensive >= self.toxicity_threshold
-        # Assistant replies that answer a harmful request in plain words score high on the
-        # embedding classifier by topic alone, so a completion needs more from each model.
+        # Assistant replies that respond to a harmful request in plain words score high on the
+        # embedding classifier by topic alone, so a completion needs a higher score from each model.
         return (
             text.offensive_words >= max(self.toxicity_threshold, COMPLETION_WORD_THRESHOLD)
             or text.offensive_embedding >= max(self.toxicity_threshold, COMPLETION_EMBEDDING_THRESHOLD)

@@ -163,7 +163,7 @@ def test_spend_spike_and_budget_burn_become_findings(tmp_path):
     assert burns[0].details["long_rate"] == pytest.approx(0.6 / 0.18)
 
 
-def test_persistent_rise_in_flagged_share_is_a_trend_finding(sink):
+def test_flagged_share_rise_trend_finding(sink):
     # A clean reference window, then windows with 4 of 40 flagged: never rare enough in one
     # window for the binomial test, but the CUSUM gains about 1.9 a window and alarms in the fifth.
     records = []
