@@ -33,7 +33,6 @@ from controlplane.detectors.window_checks import (
 )
 from controlplane.features import ScoredEvent
 from controlplane.settings import Settings
-from controlplane.store.window_history import cost_findings, cost_settings, flagged_trend_findings
 from controlplane.store.drift_models import ReferenceProfile, WindowProfile, record_empty_windows, save_reference
 from controlplane.store.engine import transaction
 from controlplane.store.messages import alert_message, finding_message
@@ -48,6 +47,7 @@ from controlplane.store.models import (
     utcnow,
 )
 from controlplane.store.upsert import insert_ignore
+from controlplane.store.window_history import cost_findings, cost_settings, flagged_trend_findings
 from controlplane.windows import OpenWindow, as_utc, due_windows, summarize, window_start
 
 log = logging.getLogger(__name__)
