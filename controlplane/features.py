@@ -29,6 +29,15 @@ def sample_rank(event_id: str) -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
+def text_samples(event: InferenceEvent, text_chars: int = TEXT_SAMPLE_CHARS) -> dict[str, str | None]:
+    """Return the first `text_chars` characters of the prompt and of the completion, under their feature-row keys."""
+    completion = event.completion
+    return {
+        "prompt_sample": event.prompt_text()[:text_chars] if text_chars else None,
+        "completion_sample": completion[:text_chars] if text_chars and completion is not None else None,
+    }
+
+
 def feature_row(
     event: InferenceEvent, cost_usd: float | None, safety: SafetyResult, text_chars: int = TEXT_SAMPLE_CHARS
 ) -> dict[str, Any]:
@@ -61,8 +70,7 @@ def feature_row(
         "toxic": safety.toxic,
         "feedback_score": event.feedback.score if event.feedback else None,
         "sample_rank": sample_rank(event.event_id),
-        "prompt_sample": prompt[:text_chars] if text_chars else None,
-        "completion_sample": event.completion[:text_chars] if text_chars and event.completion is not None else None,
+        **text_samples(event, text_chars),
     }
 
 

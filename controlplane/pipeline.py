@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Sequence
@@ -10,10 +11,11 @@ from typing import Sequence
 from sqlalchemy import Engine, select
 
 from controlplane.detectors.safety import SafetyScorer
-from controlplane.errors import EventValidationError
+from controlplane.detectors.text_drift import Encoder, pack_vector, vector_key
+from controlplane.errors import DetectorError, EventValidationError
 from controlplane.events.decode import decode_message
 from controlplane.events.schema import InferenceEvent
-from controlplane.features import EventScorer
+from controlplane.features import EventScorer, ScoredEvent, sample_rank, text_samples
 from controlplane.pricing import PriceTable
 from controlplane.settings import Settings
 from controlplane.store.models import ConsumerOffset
@@ -44,13 +46,15 @@ class DeadLetterMessage:
 class Pipeline:
     """Decodes and scores batches, and stores them through the sink."""
 
-    def __init__(self, engine: Engine, settings: Settings, topic: str) -> None:
+    def __init__(self, engine: Engine, settings: Settings, topic: str, encoder: Encoder | None = None) -> None:
         self.engine = engine
         self.settings = settings
         self.topic = topic
         safety = SafetyScorer(toxicity_threshold=settings.toxicity_threshold, use_embeddings=settings.safety_embeddings)
         self.scorer = EventScorer(PriceTable.load(settings.price_table), safety, text_chars=settings.text_sample_chars)
-        self.sink = WindowSink(engine, settings, topic)
+        self.sink = WindowSink(engine, settings, topic, encoder)
+        self._embed_ahead = True
+        self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-embedding")
 
     def prepare(self, messages: Sequence[RawMessage]) -> tuple[list[Record], list[DeadLetterMessage]]:
         """Decode and score a batch; messages already stored (below the stored offsets) are dropped."""
@@ -67,10 +71,48 @@ class Pipeline:
                 continue
             # One OTLP export can carry several spans: each event keeps its position in the message.
             decoded.extend((message, sequence, event) for sequence, event in enumerate(events))
-        scored = self.scorer.score([event for _, _, event in decoded])
+        events = [event for _, _, event in decoded]
+        pending = self._embed_sample_ahead(events)
+        scored = self.scorer.score(events)
+        self._attach_vectors(scored, pending)
         for (message, sequence, _), item in zip(decoded, scored, strict=True):
             records.append(Record(message.partition, message.offset, item, sequence))
         return records, dead
+
+    def _embed_sample_ahead(self, events: Sequence[InferenceEvent]) -> Future[list[tuple[int, str, str]]] | None:
+        # The texts of events likely to fall in their window's text-drift sample are embedded now,
+        # so that closing the window has little left to embed and its alerts are not held up. The
+        # encoder runs in its own thread while this one scores the batch; torch releases the GIL.
+        if not self._embed_ahead:
+            return None
+        slots, texts = [], []
+        for index, event in enumerate(events):
+            if sample_rank(event.event_id) >= self.sink.sample_cutoff(event.app, event.model):
+                continue
+            for key, text in text_samples(event, self.settings.text_sample_chars).items():
+                if text is not None and text.strip():
+                    slots.append((index, vector_key(key.removesuffix("_sample"))))
+                    texts.append(text)
+        if not texts:
+            return None
+        return self._embedder.submit(self._encode, slots, texts)
+
+    def _encode(self, slots: list[tuple[int, str]], texts: list[str]) -> list[tuple[int, str, str]]:
+        vectors = self.sink.encoder().encode(texts)
+        return [(index, key, pack_vector(vector)) for (index, key), vector in zip(slots, vectors, strict=True)]
+
+    def _attach_vectors(self, scored: Sequence[ScoredEvent], pending: Future[list[tuple[int, str, str]]] | None) -> None:
+        if pending is None:
+            return
+        try:
+            packed = pending.result()
+        except DetectorError as exc:
+            # Ingest goes on; closing a window embeds its sample or reports why it cannot.
+            log.error("embedding the text-drift sample at ingest is off for this worker: %s", exc)
+            self._embed_ahead = False
+            return
+        for index, key, vector in packed:
+            scored[index].features[key] = vector
 
     def store(self, records: Sequence[Record]) -> IngestResult:
         """Store prepared records and their offsets in one transaction."""

@@ -38,7 +38,8 @@ def main() -> None:
     parser.add_argument("--rss-timeout", type=float, default=3600.0,
                         help="seconds the memory run may take before it fails (default 3,600)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the benchmark topics")
-    parser.add_argument("--latency-windows", type=int, default=6, help="windows measured by the latency part (default 6)")
+    parser.add_argument("--latency-windows", type=int, default=4, help="windows measured by the latency part (default 4)")
+    parser.add_argument("--latency-window-s", type=float, default=30.0, help="window length of the latency part (default 30 s)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["throughput", "latency", "drift", "memory", "dashboard"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -54,7 +55,7 @@ def main() -> None:
     if "throughput" not in args.skip:
         report.update(throughput(bootstrap, pairs, args.events, args.embedding_events, args.partitions))
     if "latency" not in args.skip:
-        report.update(latency(bootstrap, pairs, args.partitions, args.latency_windows))
+        report.update(latency(bootstrap, pairs, args.partitions, args.latency_windows, args.latency_window_s))
     if "drift" not in args.skip:
         from controlplane.bench.drift import drift_timings
 
@@ -152,12 +153,14 @@ def rss_quarters(samples: list[tuple[float, int, float]], first_stored_s: float)
     }
 
 
-def latency(bootstrap: str, pairs, partitions: int, windows: int) -> dict[str, Any]:
-    """Alert latency in 10 s windows, with text drift (the default) and without it."""
+def latency(bootstrap: str, pairs, partitions: int, windows: int, window_s: float) -> dict[str, Any]:
+    """Alert latency in windows of `window_s`, with text drift (the default) and without it."""
     from controlplane.bench import latency as latency_bench
 
-    runs = {variant: latency_bench.measure(bootstrap, pairs, partitions, windows=windows, text_drift=text_drift)
-            for variant, text_drift in (("default", True), ("no_text_drift", False))}
+    runs = {
+        variant: latency_bench.measure(bootstrap, pairs, partitions, window_s=window_s, windows=windows, text_drift=text_drift)
+        for variant, text_drift in (("default", True), ("no_text_drift", False))
+    }
     default = runs["default"]
     return {
         "window_s": default["window_s"],
@@ -179,7 +182,11 @@ def print_table(report: dict[str, Any]) -> None:
     ]
     for size, value in (report.get("drift_s") or {}).items():
         if isinstance(value, dict):
-            rows.append((f"drift_s[{size} rows]", f"without text {value['without_text']}, with text {value['with_text']}"))
+            rows.append((
+                f"drift_s[{size} rows]",
+                f"without text {value['without_text']}, with text {value['with_text']} "
+                f"(all at close {value['with_text_all_at_close']}; ingest embedding {value['ingest_embedding_s']})",
+            ))
     rss = report.get("worker_rss_mb")
     if rss:
         rows.append((f"worker_rss_mb over {rss['events']} events", f"peak {rss['peak']}, final {rss['final']}"))

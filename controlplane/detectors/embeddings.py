@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from functools import lru_cache
@@ -39,6 +40,9 @@ class SentenceEncoder:
 
     def __init__(self, model: Any) -> None:
         self._model = model
+        # The worker embeds from two threads (safety scoring, the text-drift sample), and a fast
+        # tokenizer used by two threads at once can fail with "Already borrowed".
+        self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return one unit-length row per text; only the first 256 word pieces of a text count."""
@@ -46,9 +50,10 @@ class SentenceEncoder:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         clipped = [text[:MAX_CHARS] for text in texts]
         try:
-            vectors = self._model.encode(
-                clipped, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-            )
+            with self._lock:
+                vectors = self._model.encode(
+                    clipped, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+                )
         except (RuntimeError, ValueError) as error:
             raise DetectorError(f"embedding a batch of {len(texts)} texts failed: {error}") from error
         return np.asarray(vectors, dtype=np.float32)

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from controlplane.alerting import open_or_update_alert
 from controlplane.detectors.sequential import CusumSettings
-from controlplane.detectors.text_drift import Encoder, embed_ahead
+from controlplane.detectors.text_drift import Encoder, embed_ahead, ingest_rank_cutoff
 from controlplane.detectors.window_checks import (
     CheckSettings,
     FindingSpec,
@@ -105,6 +105,8 @@ class WindowSink:
         self.cusum_settings = CusumSettings()
         # Loaded on the first window large enough to embed, so that a worker without text drift never loads it.
         self._encoder = encoder
+        # Rows of the last window closed per (app, model), None before the first; sizes the ingest-time embedding.
+        self._last_window_rows: dict[tuple[str, str], int | None] = {}
 
     # ----- ingest -----
 
@@ -196,6 +198,31 @@ class WindowSink:
         result.stored += len(events)
         result.rejected += len(dead)
         result.flagged += len(flagged)
+
+    # ----- text-drift sample -----
+
+    def sample_cutoff(self, app: str, model: str) -> float:
+        """Return the sample rank below which an arriving event of (app, model) has its texts embedded at once."""
+        if not self.checks.text_drift:
+            return 0.0
+        key = (app, model)
+        if key not in self._last_window_rows:
+            with self.engine.connect() as connection:
+                self._last_window_rows[key] = connection.scalar(
+                    select(WindowStats.event_count - WindowStats.late_event_count)
+                    .where(WindowStats.app == app, WindowStats.model == model)
+                    .order_by(WindowStats.window_start.desc())
+                    .limit(1)
+                )
+        return ingest_rank_cutoff(self._last_window_rows[key], self.checks.text.sample_size, self.checks.text.min_texts)
+
+    def encoder(self) -> Encoder:
+        """Return the sentence encoder of text drift, loading it on first use."""
+        if self._encoder is None:
+            from controlplane.detectors.embeddings import load_encoder
+
+            self._encoder = load_encoder()
+        return self._encoder
 
     # ----- windows -----
 
@@ -304,8 +331,9 @@ class WindowSink:
             encoder = None
         elif encoder is None:
             # The window grew past min_texts after it was listed, so its sample is embedded here.
-            encoder = self._loaded_encoder()
+            encoder = self.encoder()
         profile, vectors = profile_window(rows, self.checks, encoder)
+        self._last_window_rows[(window.app, window.model)] = len(rows)
         reference_row = session.scalar(
             select(ReferenceProfile).where(
                 ReferenceProfile.app == window.app, ReferenceProfile.model == window.model,
@@ -376,14 +404,7 @@ class WindowSink:
             if connection.scalar(select(WindowStats.id).where(closed)) is not None:
                 return None  # late events merge into a closed window without checks
             rows = connection.execute(select(WindowEvent.features).where(condition)).scalars().all()
-        return embed_ahead(rows, self.checks.text.sample_size, self._loaded_encoder())
-
-    def _loaded_encoder(self) -> Encoder:
-        if self._encoder is None:
-            from controlplane.detectors.embeddings import load_encoder
-
-            self._encoder = load_encoder()
-        return self._encoder
+        return embed_ahead(rows, self.checks.text.sample_size, self.encoder())
 
     def _maybe_set_reference(
         self, session: Session, window: OpenWindow, profile: Profile

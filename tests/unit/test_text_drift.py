@@ -23,10 +23,15 @@ from controlplane.detectors.text_drift import (
     distance_test,
     embed_ahead,
     embed_sample,
+    ingest_rank_cutoff,
+    pack_vector,
     sample_rows,
     text_profile,
+    unpack_vector,
 )
+from controlplane.detectors.window_checks import CheckSettings, Profile, check_window, profile_window
 from controlplane.errors import ConfigurationError
+from controlplane.events.decode import encode_event
 from controlplane.events.schema import InferenceEvent
 from controlplane.features import ScoredEvent, feature_row, sample_rank
 from controlplane.replay import Timeline
@@ -34,7 +39,9 @@ from controlplane.scenario import ScenarioSource, shift_scenario
 from controlplane.settings import Settings
 from controlplane.store.engine import make_engine
 from controlplane.store.migrate import upgrade
-from controlplane.store.models import Finding, WindowStats
+from controlplane.pipeline import Pipeline, RawMessage
+from controlplane.store.drift_models import ReferenceProfile
+from controlplane.store.models import Finding, WindowEvent, WindowStats
 from controlplane.store.sink import Record, WindowSink
 
 DIMENSION = 384
@@ -234,6 +241,129 @@ def test_cached_encoder_embeds_each_text_once():
 
     assert vectors.tolist() == [[3.0], [4.0], [2.0]]
     assert inner.texts == ["ab", "abc", "abcd"]
+
+
+class HashEncoder:
+    """Unit vectors that depend only on the text, with a log of every text embedded."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode(self, texts):
+        self.texts.extend(texts)
+        rows = [np.random.default_rng(list(text.encode())).normal(size=DIMENSION) for text in texts]
+        return np.array([row / np.linalg.norm(row) for row in rows]).reshape(len(texts), DIMENSION)
+
+
+def test_stored_vectors_are_used_and_only_the_rest_embedded():
+    encoder = HashEncoder()
+    stored = encoder.encode(["first prompt"])[0]
+    encoder.texts.clear()
+    sample = [
+        {"sample_rank": 0.1, "prompt_sample": "first prompt", "prompt_vector": pack_vector(stored),
+         "completion_sample": "first answer"},
+        {"sample_rank": 0.2, "prompt_sample": "second prompt", "prompt_vector": "not base64!",
+         "completion_sample": "second answer"},
+    ]
+
+    vectors = embed_sample(sample, encoder)
+
+    assert encoder.texts == ["second prompt", "first answer", "second answer"]
+    assert np.allclose(vectors["prompt"][0], stored, atol=1e-7)
+    assert np.allclose(vectors["prompt"][1], HashEncoder().encode(["second prompt"])[0])
+
+
+def test_embed_ahead_skips_texts_with_stored_vectors():
+    encoder = HashEncoder()
+    sample = [
+        {"sample_rank": 0.1, "prompt_sample": "kept", "prompt_vector": pack_vector(np.eye(DIMENSION)[0]),
+         "completion_sample": "fresh"},
+    ]
+
+    embed_ahead(sample, 10, encoder)
+
+    assert encoder.texts == ["fresh"]
+
+
+@pytest.mark.parametrize("packed", [None, "", "abc", 12, "AAAA" * 3 + "A"])
+def test_unreadable_stored_vector_is_none(packed):
+    assert unpack_vector(packed) is None
+
+
+@pytest.mark.parametrize("expected_rows", [200, 1_000, 10_000])
+def test_ingest_cutoff_holds_the_whole_sample_of_most_windows(expected_rows):
+    # 300 windows of the expected size, with the event-id hashes the worker uses.
+    settings = TextDriftSettings()
+    cutoff = ingest_rank_cutoff(expected_rows, settings.sample_size, settings.min_texts)
+    complete, embedded = 0, []
+    for window in range(300):
+        rows = [{"sample_rank": sample_rank(f"w{window}-e{index}")} for index in range(expected_rows)]
+        early = {id(row) for row in rows if row["sample_rank"] < cutoff}
+        complete += all(id(row) in early for row in sample_rows(rows, settings.sample_size))
+        embedded.append(len(early))
+
+    assert complete >= 294  # about 1 window in 370 misses part of its sample at 1,000 rows and more
+    assert 1.15 * settings.sample_size < np.mean(embedded) < 1.35 * settings.sample_size
+
+
+@pytest.mark.parametrize("expected_rows", [None, 0, 49])
+def test_no_ingest_embedding_without_a_testable_previous_window(expected_rows):
+    assert ingest_rank_cutoff(expected_rows, 150, 50) == 0.0
+
+
+def test_worker_embeds_the_sample_at_ingest_with_the_same_drift_result(tmp_path):
+    url = f"sqlite:///{tmp_path / 'ingest.db'}"
+    upgrade(url)
+    settings = Settings(database_url=url, window_seconds=60, window_grace_seconds=5, window_idle_close_seconds=30,
+                        drift_min_rows=50, text_sample_size=60, text_min_texts=40, _env_file=None)
+    encoder = HashEncoder()
+    pipeline = Pipeline(make_engine(url), settings, "events", encoder)
+    start = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+
+    def feed(window: int) -> None:
+        events = [
+            InferenceEvent(event_id=f"w{window}-e{index}", timestamp=start + timedelta(seconds=60 * window + index * 0.25),
+                           app="assistant", model="gpt-4o-mini", prompt=f"question {index} of window {window}",
+                           completion=f"answer {index}")
+            for index in range(200)
+        ]
+        messages = [RawMessage(0, 200 * window + index, encode_event(event)) for index, event in enumerate(events)]
+        records, dead = pipeline.prepare(messages)
+        assert dead == []
+        pipeline.store(records)
+
+    feed(0)
+    assert encoder.texts == []  # no previous window: nothing is embedded at ingest
+    pipeline.close_due({0}, later)
+    encoder.texts.clear()
+    feed(1)
+    at_ingest = len(encoder.texts)
+    with Session(pipeline.engine) as session:
+        rows = session.scalars(select(WindowEvent.features)).all()
+    closed = pipeline.close_due({0}, later)
+
+    assert len(closed) == 1
+    # 1.25 times the 60-row sample is expected below the cutoff, two texts each.
+    assert 2 * 60 <= at_ingest <= 2 * 100
+    assert sum("prompt_vector" in row for row in rows) == at_ingest // 2
+    assert encoder.texts[at_ingest:] == []  # the whole sample had its vectors
+    with Session(pipeline.engine) as session:
+        stats = session.scalars(select(WindowStats).order_by(WindowStats.window_start)).all()
+    text = stats[1].details["drift"]["text"]
+    reference = Profile.from_json(session_reference(url))
+    bare = [{key: value for key, value in row.items() if not key.endswith("_vector")} for row in rows]
+    check_settings = CheckSettings.from_settings(settings)
+    profile, vectors = profile_window(bare, check_settings, HashEncoder())
+    drift, _ = check_window(reference, profile, vectors, check_settings)
+    assert [(f["n_current"], f["score"]) for f in text["fields"]] == [
+        (f.n_current, pytest.approx(f.score, rel=1e-6)) for f in drift.text.fields
+    ]
+
+
+def session_reference(url: str) -> dict:
+    with Session(make_engine(url)) as session:
+        return session.scalars(select(ReferenceProfile.profile)).one()
 
 
 # ----- replay of public data through the sink, with the real encoder -----
