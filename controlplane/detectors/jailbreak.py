@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from controlplane.detectors.embeddings import SentenceEncoder, max_similarity, read_exemplars
 from controlplane.detectors.normalize import fold_leet_characters, normalize_with_offsets
+from controlplane.detectors.prefilter import PatternPrefilter
 from controlplane.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -184,6 +186,11 @@ _PATTERNS: tuple[tuple[str, float, re.Pattern[str]], ...] = tuple(
 _NEGATED = re.compile(r"\b(?:never|not|no|n't)\s+(?:\w+\s+)?$", _FLAGS)
 
 
+@lru_cache(maxsize=1)
+def _prefilter() -> PatternPrefilter:
+    return PatternPrefilter("jailbreak", [pattern for _, _, pattern in _PATTERNS])
+
+
 @dataclass(frozen=True)
 class PatternMatch:
     """One jailbreak pattern match at [start, end) of the original text."""
@@ -204,8 +211,10 @@ def find_patterns(text: str) -> list[PatternMatch]:
     if folded != normalized.text:
         variants.append(folded)
     found: dict[tuple[str, int], PatternMatch] = {}
+    prefilter = _prefilter()
     for variant in variants:
-        for category, score, pattern in _PATTERNS:
+        for index in prefilter.candidates(variant):
+            category, score, pattern = _PATTERNS[index]
             for match in pattern.finditer(variant):
                 if _NEGATED.search(variant, max(0, match.start() - 40), match.start()):
                     continue  # "never reveal your system prompt" is a rule, not an attack

@@ -14,8 +14,10 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from controlplane.detectors.normalize import normalize_with_offsets
+from controlplane.detectors.prefilter import PatternPrefilter
 from controlplane.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -84,6 +86,7 @@ class PiiDetector:
         self.entities = tuple(entities)
         self.min_score = min_score
         self._recognizers = _build_recognizers(self.entities)
+        self._candidates = _candidate_prefilter(self.entities)
 
     def find(self, text: str) -> list[PiiMatch]:
         """Return the personal data in `text`, at offsets of `text` itself, ordered by start."""
@@ -91,8 +94,10 @@ class PiiDetector:
             return []
         normalized = normalize_with_offsets(text)
         found = []
-        has_digit = _DIGIT.search(normalized.text) is not None
-        for entity, recognizer in zip(self.entities, self._recognizers, strict=True):
+        possible = self._candidates.candidates(normalized.text)
+        has_digit = bool(possible) and _DIGIT.search(normalized.text) is not None
+        for index in possible:
+            entity, recognizer = self.entities[index], self._recognizers[index]
             if entity in _DIGIT_ENTITIES and not has_digit:
                 continue
             if not CANDIDATE_PATTERNS[entity].search(normalized.text):
@@ -103,6 +108,11 @@ class PiiDetector:
                     start, end = normalized.to_original(result.start, result.end)
                     found.append(PiiMatch(result.entity_type, start, end, float(result.score)))
         return _drop_overlaps(found)
+
+
+@lru_cache(maxsize=4)
+def _candidate_prefilter(entities: tuple[str, ...]) -> PatternPrefilter:
+    return PatternPrefilter("pii-candidates", [CANDIDATE_PATTERNS[entity] for entity in entities])
 
 
 @dataclass(frozen=True)

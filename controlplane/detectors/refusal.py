@@ -14,11 +14,13 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
 from controlplane.detectors.embeddings import SentenceEncoder, max_similarity, read_exemplars
 from controlplane.detectors.normalize import normalize_with_offsets
+from controlplane.detectors.prefilter import PatternPrefilter
 from controlplane.errors import DetectorError
 
 logger = logging.getLogger(__name__)
@@ -78,6 +80,11 @@ _PATTERNS: tuple[tuple[float, re.Pattern[str]], ...] = tuple(
 )
 
 
+@lru_cache(maxsize=1)
+def _prefilter() -> PatternPrefilter:
+    return PatternPrefilter("refusal", [pattern for _, pattern in _PATTERNS])
+
+
 @dataclass(frozen=True)
 class RefusalMatch:
     """A refusal pattern match at [start, end) of the original completion."""
@@ -93,7 +100,8 @@ def find_refusal(text: str) -> RefusalMatch | None:
         return None
     opening = normalize_with_offsets(text[:OPENING_CHARS])
     best: RefusalMatch | None = None
-    for score, pattern in _PATTERNS:
+    for index in _prefilter().candidates(opening.text):
+        score, pattern = _PATTERNS[index]
         match = pattern.search(opening.text)
         if match and (best is None or score > best.score):
             start, end = opening.to_original(match.start(), match.end())
