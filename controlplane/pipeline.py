@@ -82,7 +82,7 @@ class Pipeline:
     def _embed_sample_ahead(self, events: Sequence[InferenceEvent]) -> Future[list[tuple[int, str, str]]] | None:
         # The texts of events likely to fall in their window's text-drift sample are embedded now,
         # so that closing the window has little left to embed and its alerts are not held up. The
-        # encoder runs in its own thread while this one scores the batch; torch releases the GIL.
+        # encoder runs in its own thread while this one scores the batch, because torch releases the GIL.
         if not self._embed_ahead:
             return None
         slots, texts = [], []
@@ -107,7 +107,7 @@ class Pipeline:
         try:
             packed = pending.result()
         except DetectorError as exc:
-            # Ingest goes on; closing a window embeds its sample or reports why it cannot.
+            # Ingest goes on, and closing a window embeds its sample or reports why it cannot.
             log.error("embedding the text-drift sample at ingest is off for this worker: %s", exc)
             self._embed_ahead = False
             return

@@ -3,9 +3,9 @@
 The detectors define their patterns with Python's `re`, and `re` alone decides what matches.
 Running every pattern over every text costs most of the per-event time of the pattern-based
 detectors, although almost no text matches any of them. Hyperscan compiles the set into one
-automaton in prefilter mode: constructs it cannot run exactly (lookarounds, some bounded
-repeats) are widened, so it may name a pattern that `re` then does not match, but it never
-leaves out one that `re` would match. Only the patterns it names run in `re`.
+automaton in prefilter mode, where constructs that it cannot run exactly (lookarounds, some
+bounded repeats) are widened. It may therefore name a pattern that `re` then does not match,
+but it never leaves out one that `re` would match. Only the patterns it names run in `re`.
 
 Compiling takes up to about 20 s for patterns with long bounded repeats and Unicode classes,
 so the compiled set is kept in `~/.cache/controlplane/hyperscan` (`CONTROLPLANE_CACHE_DIR`
@@ -40,7 +40,7 @@ def cache_dir() -> Path:
 
 
 class PatternPrefilter:
-    """Names the patterns of a set that may match a text; all of them when Hyperscan is unavailable."""
+    """Selector of the patterns of a set that may match a text, or of all of them when Hyperscan is unavailable."""
 
     def __init__(self, name: str, patterns: Sequence[re.Pattern[str]], use_hyperscan: bool = True) -> None:
         self.name = name
@@ -69,7 +69,7 @@ class PatternPrefilter:
         if self._database is None:
             return self._all
         hits: set[int] = set()
-        # Hyperscan needs valid UTF-8; a lone surrogate becomes "?", which no class of the patterns treats differently.
+        # Hyperscan needs valid UTF-8. A lone surrogate becomes "?", which every class of the patterns treats alike.
         data = text.encode("utf-8", "replace")
         with self._lock:
             self._database.scan(data, match_event_handler=_collect, context=hits)

@@ -52,7 +52,8 @@ INGEST_HEADROOM = 1.25
 """Expected rows embedded at ingest per window, as a multiple of the sample size.
 
 With a window of the expected size, the rows below the cutoff number 1.25 times the sample on
-average, and fewer than the sample about once in 300 windows of 150-row samples.
+average. By the binomial distribution, they are fewer than a 150-row sample in about 1 window of
+480 at 100,000 rows, 1 of 520 at 10,000 rows and 1 of 1,260 at 1,000 rows.
 """
 
 
@@ -62,7 +63,7 @@ def text_key(field: str) -> str:
 
 
 def vector_key(field: str) -> str:
-    """Return the feature-row key that holds the embedding of `field`'s sampled text, when it was embedded at ingest."""
+    """Return the feature-row key that contains the embedding of `field`'s sampled text, when it was embedded at ingest."""
     return f"{field}_vector"
 
 
@@ -72,7 +73,7 @@ def pack_vector(vector: np.ndarray) -> str:
 
 
 def unpack_vector(packed: Any) -> np.ndarray | None:
-    """Decode a vector written by `pack_vector`; None for anything else, so that the text is embedded again."""
+    """Decode a vector written by `pack_vector`, or return None for anything else, so that the text is embedded again."""
     if not isinstance(packed, str):
         return None
     try:
@@ -89,7 +90,7 @@ def ingest_rank_cutoff(expected_rows: int | None, sample_size: int, min_texts: i
 
     `expected_rows` is the size of the previous window of the same app and model. Without one,
     or when it was too small to test, nothing is embedded early and closing embeds the sample.
-    A window larger than expected has more rows below the cutoff than its sample needs; a
+    A window larger than expected has more rows below the cutoff than its sample needs. A
     smaller one leaves the missing part of its sample to be embedded when it closes.
     """
     if not expected_rows or expected_rows < min_texts:
@@ -223,9 +224,9 @@ def sample_texts(rows: Sequence[Mapping[str, Any]], field: str) -> list[str]:
 
 
 def embed_sample(sample: Sequence[Mapping[str, Any]], encoder: Encoder) -> dict[str, np.ndarray]:
-    """Return the embedding of each field's sampled texts; a field without texts is left out.
+    """Return the embedding of each field's sampled texts, leaving out a field without texts.
 
-    A row's vector stored at ingest is used as it is; the other texts are embedded in one batch.
+    A row's vector stored at ingest is used as it is, and the other texts are embedded in one batch.
     """
     rows = {field: [row for row in sample if _has_text(row, field)] for field in TEXT_FIELDS}
     stored = {field: [unpack_vector(row.get(vector_key(field))) for row in rows[field]] for field in TEXT_FIELDS}

@@ -105,7 +105,7 @@ class WindowSink:
         self.cusum_settings = CusumSettings()
         # Loaded on the first window large enough to embed, so that a worker without text drift never loads it.
         self._encoder = encoder
-        # Rows of the last window closed per (app, model), None before the first; sizes the ingest-time embedding.
+        # Rows of the last window closed per (app, model), or None before the first. It sizes the ingest-time embedding.
         self._last_window_rows: dict[tuple[str, str], int | None] = {}
 
     # ----- ingest -----
