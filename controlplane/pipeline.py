@@ -20,6 +20,7 @@ from controlplane.pricing import PriceTable
 from controlplane.settings import Settings
 from controlplane.store.models import ConsumerOffset
 from controlplane.store.sink import ClosedWindow, IngestResult, Record, Rejected, WindowSink
+from controlplane.windows import window_start
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,8 @@ class Pipeline:
         self.scorer = EventScorer(PriceTable.load(settings.price_table), safety, text_chars=settings.text_sample_chars)
         self.sink = WindowSink(engine, settings, topic, encoder)
         self._embed_ahead = True
+        # The newest window seen per (app, model) and its events so far, for the ingest-time sample cutoff.
+        self._window_rows: dict[tuple[str, str], tuple[datetime, int]] = {}
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-embedding")
 
     def prepare(self, messages: Sequence[RawMessage]) -> tuple[list[Record], list[DeadLetterMessage]]:
@@ -87,7 +90,8 @@ class Pipeline:
             return None
         slots, texts = [], []
         for index, event in enumerate(events):
-            if sample_rank(event.event_id) >= self.sink.sample_cutoff(event.app, event.model):
+            seen = self._count_in_window(event)
+            if sample_rank(event.event_id) >= self.sink.sample_cutoff(event.app, event.model, seen):
                 continue
             for key, text in text_samples(event, self.settings.text_sample_chars).items():
                 if text is not None and text.strip():
@@ -96,6 +100,18 @@ class Pipeline:
         if not texts:
             return None
         return self._embedder.submit(self._encode, slots, texts)
+
+    def _count_in_window(self, event: InferenceEvent) -> int:
+        # A late event (of an older window) counts as the first of its window.
+        key = (event.app, event.model)
+        start = window_start(event.timestamp, self.settings.window_seconds)
+        newest, count = self._window_rows.get(key, (start, 0))
+        if start > newest:
+            newest, count = start, 0
+        if start < newest:
+            return 1
+        self._window_rows[key] = (newest, count + 1)
+        return count + 1
 
     def _encode(self, slots: list[tuple[int, str]], texts: list[str]) -> list[tuple[int, str, str]]:
         vectors = self.sink.encoder().encode(texts)

@@ -60,7 +60,7 @@ def feature_rows(pairs: list[tuple[str, str]], count: int, seed: int) -> list[di
 
 def embed_at_ingest(rows: list[dict[str, Any]], checks: CheckSettings, encoder: Encoder) -> tuple[list[dict[str, Any]], float]:
     """Copy `rows` with the vectors the worker stores at ingest when the previous window had as many rows; return the seconds."""
-    cutoff = ingest_rank_cutoff(len(rows), checks.text.sample_size, checks.text.min_texts)
+    cutoff = ingest_rank_cutoff(len(rows), 0, checks.text.sample_size, checks.text.min_texts)
     copies = [dict(row) for row in rows]
     slots = [(row, field) for row in copies if row[RANK_KEY] < cutoff for field in TEXT_FIELDS if row.get(text_key(field))]
     began = time.perf_counter()

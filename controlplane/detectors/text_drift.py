@@ -85,17 +85,23 @@ def unpack_vector(packed: Any) -> np.ndarray | None:
     return np.frombuffer(raw, dtype="<f4").astype(np.float64)
 
 
-def ingest_rank_cutoff(expected_rows: int | None, sample_size: int, min_texts: int) -> float:
+def ingest_rank_cutoff(expected_rows: int | None, seen_rows: int, sample_size: int, min_texts: int) -> float:
     """Return the sample rank below which an arriving event's texts are embedded at once.
 
-    `expected_rows` is the size of the previous window of the same app and model. Without one,
-    or when it was too small to test, nothing is embedded early and closing embeds the sample.
-    A window larger than expected has more rows below the cutoff than its sample needs. A
-    smaller one leaves the missing part of its sample to be embedded when it closes.
+    `expected_rows` is the size of the previous window of the same app and model, and
+    `seen_rows` counts the events of the current window so far, this one included. Without a
+    previous window, or when it was too small to test, nothing is embedded early and closing
+    embeds the sample. The cutoff follows the larger of the two counts, so it only falls as a
+    window grows, and stays above the final one. A row of the final sample, whose rank is about
+    sample_size / rows, therefore found it above its rank when it arrived, in all but about 1
+    window of 500. A window larger than expected (the one after a window that began mid-way)
+    then costs 1 + ln(rows / expected_rows) times the expected embeddings, not rows /
+    expected_rows times. A window smaller than expected leaves part of its sample to be
+    embedded when it closes.
     """
     if not expected_rows or expected_rows < min_texts:
         return 0.0
-    return min(1.0, INGEST_HEADROOM * sample_size / expected_rows)
+    return min(1.0, INGEST_HEADROOM * sample_size / max(expected_rows, seen_rows))
 
 
 class Encoder(Protocol):

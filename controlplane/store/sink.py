@@ -201,8 +201,11 @@ class WindowSink:
 
     # ----- text-drift sample -----
 
-    def sample_cutoff(self, app: str, model: str) -> float:
-        """Return the sample rank below which an arriving event of (app, model) has its texts embedded at once."""
+    def sample_cutoff(self, app: str, model: str, seen_rows: int) -> float:
+        """Return the sample rank below which an arriving event of (app, model) has its texts embedded at once.
+
+        `seen_rows` counts the events of the event's window that this worker has taken so far.
+        """
         if not self.checks.text_drift:
             return 0.0
         key = (app, model)
@@ -214,7 +217,8 @@ class WindowSink:
                     .order_by(WindowStats.window_start.desc())
                     .limit(1)
                 )
-        return ingest_rank_cutoff(self._last_window_rows[key], self.checks.text.sample_size, self.checks.text.min_texts)
+        expected = self._last_window_rows[key]
+        return ingest_rank_cutoff(expected, seen_rows, self.checks.text.sample_size, self.checks.text.min_texts)
 
     def encoder(self) -> Encoder:
         """Return the sentence encoder of text drift, loading it on first use."""
