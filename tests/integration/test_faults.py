@@ -142,8 +142,9 @@ def test_broker_restart_mid_stream(private_kafka, shared_postgres_url, topic_pre
     bootstrap = f"127.0.0.1:{private_kafka.port}"
     env = fault_worker_env(bootstrap, shared_postgres_url, topic_prefix)
     topic = env["CONTROLPLANE_TOPIC_EVENTS"]
-    before = keyed_events(range(0, 1500))
-    after = keyed_events(range(1500, 2000))
+    # Enough events that the worker, at a few thousand a second, is still busy when the broker is down.
+    before = keyed_events(range(0, 10_000))
+    after = keyed_events(range(10_000, 10_500))
     produce(bootstrap, topic, messages_of(before))
     probe = probe_of(shared_postgres_url)
 
