@@ -11,7 +11,7 @@ from typing import Sequence
 from sqlalchemy import Engine, select
 
 from controlplane.detectors.safety import SafetyScorer
-from controlplane.detectors.text_drift import Encoder, pack_vector, vector_key
+from controlplane.detectors.text_drift import TEXT_FIELDS, Encoder, has_text, pack_vector, text_key, vector_key
 from controlplane.errors import DetectorError, EventValidationError
 from controlplane.events.decode import decode_message
 from controlplane.events.schema import InferenceEvent
@@ -54,7 +54,8 @@ class Pipeline:
         safety = SafetyScorer(toxicity_threshold=settings.toxicity_threshold, use_embeddings=settings.safety_embeddings)
         self.scorer = EventScorer(PriceTable.load(settings.price_table), safety, text_chars=settings.text_sample_chars)
         self.sink = WindowSink(engine, settings, topic, encoder)
-        self._embed_ahead = True
+        # Without text drift there is no sample, so the per-event cutoff is not even computed.
+        self._embed_ahead = self.sink.checks.text_drift
         # The newest window seen per (app, model) and its events so far, for the ingest-time sample cutoff.
         self._window_rows: dict[tuple[str, str], tuple[datetime, int]] = {}
         self._embedder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sample-embedding")
@@ -93,10 +94,11 @@ class Pipeline:
             seen = self._count_in_window(event)
             if sample_rank(event.event_id) >= self.sink.sample_cutoff(event.app, event.model, seen):
                 continue
-            for key, text in text_samples(event, self.settings.text_sample_chars).items():
-                if text is not None and text.strip():
-                    slots.append((index, vector_key(key.removesuffix("_sample"))))
-                    texts.append(text)
+            samples = text_samples(event, self.settings.text_sample_chars)
+            for field in TEXT_FIELDS:
+                if has_text(samples, field):
+                    slots.append((index, vector_key(field)))
+                    texts.append(samples[text_key(field)])
         if not texts:
             return None
         return self._embedder.submit(self._encode, slots, texts)

@@ -7,9 +7,9 @@ automaton in prefilter mode, where constructs that it cannot run exactly (lookar
 bounded repeats) are widened. It may therefore name a pattern that `re` then does not match,
 but it never leaves out one that `re` would match. Only the patterns it names run in `re`.
 
-Compiling takes up to about 20 s for patterns with long bounded repeats and Unicode classes,
-so the compiled set is kept in `~/.cache/controlplane/hyperscan` (`CONTROLPLANE_CACHE_DIR`
-moves it) under a hash of the patterns, the flags, the Hyperscan version and the machine.
+Compiling takes up to about 20 s for patterns with long bounded repeats and Unicode classes.
+The compiled set is therefore kept in `~/.cache/controlplane/hyperscan` (`CONTROLPLANE_CACHE_DIR`
+moves it), under a hash of the patterns, the flags, the Hyperscan version and the machine.
 Where Hyperscan is missing (it ships wheels for x86-64 Linux and macOS only) or rejects a
 pattern, every pattern runs in `re`: the results are the same, only slower.
 """

@@ -226,7 +226,7 @@ def sample_rows(rows: Sequence[Mapping[str, Any]], size: int) -> list[Mapping[st
 def sample_texts(rows: Sequence[Mapping[str, Any]], field: str) -> list[str]:
     """Return the non-empty sampled texts of `field` in `rows`."""
     key = text_key(field)
-    return [row[key] for row in rows if _has_text(row, field)]
+    return [row[key] for row in rows if has_text(row, field)]
 
 
 def embed_sample(sample: Sequence[Mapping[str, Any]], encoder: Encoder) -> dict[str, np.ndarray]:
@@ -234,7 +234,7 @@ def embed_sample(sample: Sequence[Mapping[str, Any]], encoder: Encoder) -> dict[
 
     A row's vector stored at ingest is used as it is, and the other texts are embedded in one batch.
     """
-    rows = {field: [row for row in sample if _has_text(row, field)] for field in TEXT_FIELDS}
+    rows = {field: [row for row in sample if has_text(row, field)] for field in TEXT_FIELDS}
     stored = {field: [unpack_vector(row.get(vector_key(field))) for row in rows[field]] for field in TEXT_FIELDS}
     missing = [
         row[text_key(field)]
@@ -254,7 +254,8 @@ def embed_sample(sample: Sequence[Mapping[str, Any]], encoder: Encoder) -> dict[
     return embedded
 
 
-def _has_text(row: Mapping[str, Any], field: str) -> bool:
+def has_text(row: Mapping[str, Any], field: str) -> bool:
+    """Return whether `row` contains a non-blank sampled text of `field`."""
     text = row.get(text_key(field))
     return isinstance(text, str) and bool(text.strip())
 
@@ -285,7 +286,7 @@ def embed_ahead(rows: Sequence[Mapping[str, Any]], size: int, encoder: Encoder) 
         row[text_key(field)]
         for field in TEXT_FIELDS
         for row in sample
-        if _has_text(row, field) and unpack_vector(row.get(vector_key(field))) is None
+        if has_text(row, field) and unpack_vector(row.get(vector_key(field))) is None
     ]
     return CachedEncoder(encoder, texts)
 

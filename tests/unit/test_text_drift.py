@@ -255,7 +255,7 @@ class HashEncoder:
         return np.array([row / np.linalg.norm(row) for row in rows]).reshape(len(texts), DIMENSION)
 
 
-def test_stored_vectors_are_used_and_only_the_rest_embedded():
+def test_embed_sample_reuses_stored_vectors():
     encoder = HashEncoder()
     stored = encoder.encode(["first prompt"])[0]
     encoder.texts.clear()
@@ -309,7 +309,7 @@ def embed_while_arriving(rows: list[dict], expected_rows: int, settings: TextDri
         (250, 15_000, 6.6),
     ],
 )
-def test_ingest_cutoff_holds_the_whole_sample_of_most_windows(expected_rows, window_rows, max_mean_embedded):
+def test_ingest_cutoff_covers_sample(expected_rows, window_rows, max_mean_embedded):
     # 300 windows, with the event-id hashes the worker uses.
     settings = TextDriftSettings()
     complete, embedded = 0, []
@@ -330,7 +330,7 @@ def test_no_ingest_embedding_without_a_testable_previous_window(expected_rows):
     assert ingest_rank_cutoff(expected_rows, 1, 150, 50) == 0.0
 
 
-def test_worker_embeds_the_sample_at_ingest_with_the_same_drift_result(tmp_path):
+def test_ingest_embedding_keeps_drift_result(tmp_path):
     url = f"sqlite:///{tmp_path / 'ingest.db'}"
     upgrade(url)
     settings = Settings(database_url=url, window_seconds=60, window_grace_seconds=5, window_idle_close_seconds=30,
