@@ -31,8 +31,37 @@ DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 # pieces, which is more than the model reads.
 MAX_TOKENS = 256
 MAX_CHARS = 2_000
-BATCH_SIZE = 64
 DIMENSION = 384
+# A batch holds as many texts as fit in this many word pieces, padded to its longest text.
+# On 2 cores (2026-12-05), 1,024 encoded mixed traffic at 93 texts/s against 66 with a fixed
+# 64 texts per batch, and short texts at 179 against 167; 2,048 and 4,096 were slower. Large
+# batches of long texts spend their time moving attention scores through memory.
+TOKEN_BUDGET = 1_024
+# Word pieces are estimated from characters (English prose averages about 4 per piece); a wrong
+# estimate only changes how texts are grouped, never a vector.
+CHARS_PER_TOKEN = 4
+
+
+def estimated_tokens(text: str) -> int:
+    """Estimate the word pieces the model reads from `text`, with its two special tokens."""
+    return min(MAX_TOKENS, len(text) // CHARS_PER_TOKEN + 2)
+
+
+def token_budget_batches(texts: Sequence[str], budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Group the indexes of `texts`, longest first, into batches of at most `budget` padded word pieces.
+
+    Every batch holds at least one text, so a single text longer than the budget is its own batch.
+    """
+    order = sorted(range(len(texts)), key=lambda index: len(texts[index]), reverse=True)
+    batches: list[list[int]] = []
+    width = 0
+    for index in order:
+        if batches and (len(batches[-1]) + 1) * width <= budget:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+            width = estimated_tokens(texts[index])
+    return batches
 
 
 class SentenceEncoder:
@@ -49,14 +78,21 @@ class SentenceEncoder:
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         clipped = [text[:MAX_CHARS] for text in texts]
+        vectors = np.zeros((len(clipped), DIMENSION), dtype=np.float32)
         try:
-            with self._lock:
-                vectors = self._model.encode(
-                    clipped, batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
-                )
+            for batch in token_budget_batches(clipped):
+                # Locked per batch, so that the two threads take turns between batches.
+                with self._lock:
+                    vectors[batch] = self._model.encode(
+                        [clipped[index] for index in batch],
+                        batch_size=len(batch),
+                        normalize_embeddings=True,
+                        convert_to_numpy=True,
+                        show_progress_bar=False,
+                    )
         except (RuntimeError, ValueError) as error:
             raise DetectorError(f"embedding a batch of {len(texts)} texts failed: {error}") from error
-        return np.asarray(vectors, dtype=np.float32)
+        return vectors
 
 
 @lru_cache(maxsize=1)
