@@ -58,11 +58,13 @@ def worker(loglevel: str = typer.Option("info", help="Log level: debug, info, wa
     """Consume inference events, score them and close windows (one process of the consumer group)."""
     from faust.worker import Worker
 
+    from controlplane.memory import set_mmap_threshold
     from controlplane.replay import ensure_topics
     from controlplane.store.migrate import check_current
     from streams.app import create_app
 
     settings = get_settings()
+    set_mmap_threshold(settings.malloc_mmap_threshold_bytes)
     check_current(settings.database_url)
     asyncio.run(
         ensure_topics(
