@@ -26,7 +26,7 @@ def test_batches_cover_every_text_once_within_the_budget():
         assert len(batch) * widths[0] <= TOKEN_BUDGET
 
 
-def test_text_longer_than_the_budget_is_a_batch_of_its_own():
+def test_overlong_text_gets_own_batch():
     texts = ["short text", "y" * 10_000, "another short one"]
 
     batches = token_budget_batches(texts, budget=100)

@@ -52,7 +52,7 @@ def test_fixed_threshold_maps_blocks_above_it():
 
 
 @glibc_only
-def test_without_it_glibc_keeps_the_block_in_the_heap():
+def test_default_threshold_keeps_block_in_heap():
     fixed, mapped = probe(0)
 
     assert not fixed
