@@ -26,7 +26,7 @@ M_MMAP_THRESHOLD = -3  # the mallopt parameter number in glibc's malloc.h
 
 
 def set_mmap_threshold(size: int) -> bool:
-    """Fix glibc's mmap threshold at `size` bytes; return whether it was set.
+    """Fix glibc's mmap threshold at `size` bytes and return whether it was set.
 
     Nothing is set when `size` is 0, when the C library is not glibc, or when the environment
     already sets the threshold (`MALLOC_MMAP_THRESHOLD_`, or `GLIBC_TUNABLES` with
@@ -44,7 +44,11 @@ def set_mmap_threshold(size: int) -> bool:
     except OSError:
         return False
     if libc.mallopt(M_MMAP_THRESHOLD, size) != 1:
-        log.warning("glibc rejected an mmap threshold of %d bytes; the heap may grow over long runs", size)
+        log.warning(
+            "glibc rejected an mmap threshold of %d bytes, so the heap may grow over long runs. "
+            "Set CONTROLPLANE_MALLOC_MMAP_THRESHOLD_BYTES to at most 33554432, or to 0.",
+            size,
+        )
         return False
     log.info("glibc's mmap threshold fixed at %d bytes", size)
     return True

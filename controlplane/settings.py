@@ -41,7 +41,7 @@ class Settings(BaseSettings):
         ge=0,
         le=33_554_432,
         description="glibc mmap threshold the worker fixes at start, so that freed encoder tensors go back to the "
-        "system instead of fragmenting the heap; 0 leaves glibc's adjusting threshold.",
+        "system instead of fragmenting the heap. 0 leaves glibc's adjusting threshold.",
     )
 
     drift_min_rows: int = Field(50, ge=2, description="Rows a window needs before drift is checked.")

@@ -34,11 +34,11 @@ MAX_CHARS = 2_000
 DIMENSION = 384
 # A batch contains as many texts as fit in this many word pieces, padded to its longest text.
 # On 2 cores (2026-12-05), 1,024 encoded mixed traffic at 93 texts/s against 66 with a fixed
-# 64 texts per batch, and short texts at 179 against 167; 2,048 and 4,096 were slower. Large
-# batches of long texts spend their time moving attention scores through memory.
+# 64 texts per batch, and short texts at 179 against 167. Budgets of 2,048 and 4,096 were slower.
+# By estimate, the attention scores of 64 texts of 256 pieces (200 MB a layer) overflow the caches.
 TOKEN_BUDGET = 1_024
-# Word pieces are estimated from characters (English prose averages about 4 per piece); a wrong
-# estimate only changes how texts are grouped, never a vector.
+# Word pieces are estimated from characters, because English prose averages about 4 per piece.
+# A wrong estimate only changes how texts are grouped, never a vector.
 CHARS_PER_TOKEN = 4
 
 

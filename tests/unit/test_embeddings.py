@@ -14,7 +14,7 @@ from controlplane.detectors.embeddings import (
 LENGTHS = [0, 3, 40, 41, 120, 900, 2_000, 5, 600, 60, 60, 3_000, 17, 250, 1_500]
 
 
-def test_batches_cover_every_text_once_within_the_budget():
+def test_batches_cover_each_text_once():
     texts = ["x" * length for length in LENGTHS * 7]
 
     batches = token_budget_batches(texts)

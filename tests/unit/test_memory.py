@@ -44,7 +44,7 @@ def probe(threshold: int, **env: str) -> tuple[bool, int]:
 
 
 @glibc_only
-def test_fixed_threshold_maps_blocks_above_it():
+def test_fixed_threshold_maps_large_block():
     fixed, mapped = probe(1 << 20)
 
     assert fixed
@@ -60,7 +60,7 @@ def test_default_threshold_keeps_block_in_heap():
 
 
 @glibc_only
-def test_operator_setting_in_the_environment_wins():
+def test_environment_threshold_wins():
     fixed, mapped = probe(1 << 20, MALLOC_MMAP_THRESHOLD_="16777216")
 
     assert not fixed
