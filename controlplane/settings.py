@@ -37,11 +37,11 @@ class Settings(BaseSettings):
     batch_size: int = Field(500, ge=1, description="Maximum events the worker takes from Kafka at once.")
     batch_timeout_seconds: float = Field(0.5, gt=0, description="Maximum wait for a batch to fill, in seconds.")
     malloc_mmap_threshold_bytes: int = Field(
-        1_048_576,
+        0,
         ge=0,
         le=33_554_432,
-        description="glibc mmap threshold the worker fixes at start, so that freed encoder tensors go back to the "
-        "system instead of fragmenting the heap. 0 leaves glibc's adjusting threshold.",
+        description="glibc mmap threshold the worker fixes at start, so that freed tensors go back to the system "
+        "at once. 0, the default, leaves glibc's adjusting threshold.",
     )
 
     drift_min_rows: int = Field(50, ge=2, description="Rows a window needs before drift is checked.")
