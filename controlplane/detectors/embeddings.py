@@ -38,8 +38,9 @@ DIMENSION = 384
 # By estimate, the attention scores of 64 texts of 256 pieces (200 MB a layer) overflow the caches.
 TOKEN_BUDGET = 1_024
 # The width of a batch is its longest text rounded up to a multiple of this many word pieces.
-# The padding costs little (masked pieces change no vector). It keeps the tensor shapes to a
-# few hundred, so freed tensors leave gaps in the heap that later tensors of the same shape fill.
+# Masked padding changes the vectors only by float rounding. Rounding the width keeps the tensors
+# to a few hundred shapes, so a gap that a freed tensor leaves in the heap can be reused by a later
+# tensor of the same shape. Steps of 1, 8 and 16 encoded at about the same speed, and 64 was slower.
 WIDTH_STEP = 8
 
 
@@ -48,10 +49,12 @@ def padded_width(length: int, step: int = WIDTH_STEP) -> int:
     return min(MAX_TOKENS, -(-max(length, 1) // step) * step)
 
 
-def token_budget_batches(lengths: Sequence[int], budget: int = TOKEN_BUDGET, step: int = WIDTH_STEP) -> list[tuple[list[int], int]]:
+def token_budget_batches(
+    lengths: Sequence[int], budget: int = TOKEN_BUDGET, step: int = WIDTH_STEP
+) -> list[tuple[list[int], int]]:
     """Group the indexes of texts with these word-piece `lengths`, longest first, into (indexes, width) batches.
 
-    Every batch is padded to `width` and holds at most `budget` padded word pieces, except that a single
+    Every batch is padded to `width` and contains at most `budget` padded word pieces, except that a single
     text wider than the budget is a batch of its own.
     """
     order = sorted(range(len(lengths)), key=lambda index: lengths[index], reverse=True)
@@ -97,7 +100,7 @@ class SentenceEncoder:
                         return_tensors="pt",
                     )
                     output = self._model(dict(features))["sentence_embedding"]
-                    # The bundled pipeline ends in a Normalize module; this keeps unit length if it did not.
+                    # The bundled pipeline ends in a Normalize module. This keeps unit length if a model lacks one.
                     vectors[batch] = torch.nn.functional.normalize(output, dim=1).numpy()
         except (RuntimeError, ValueError) as error:
             raise DetectorError(f"embedding a batch of {len(texts)} texts failed: {error}") from error
