@@ -7,7 +7,7 @@ come from the heap. When the encoder padded each batch to its longest text, its 
 different size in almost every batch and left gaps in the heap that later tensors did not fit.
 The heap grew from 675 to 906 MiB over 600,000 events while 336 to 365 MiB of it were in use.
 Batches are now padded to a multiple of 8 word pieces, so the tensors take a few hundred sizes,
-and with glibc's adjusting threshold the RSS stayed within 15 MiB from 109,000 to 500,000 events.
+and with glibc's adjusting threshold the RSS stayed within 16 MiB from 109,500 to 500,000 events.
 
 A fixed threshold maps and unmaps every large tensor instead. It lowers the RSS by about 300 MiB
 but makes the encoder about a quarter slower, so it is off (0) by default. It is a fallback for

@@ -79,7 +79,7 @@ class SentenceEncoder:
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """Return one unit-length row per text; only the first 256 word pieces of a text count."""
+        """Embed each text as one unit-length row. Only the first 256 word pieces of a text count."""
         if not texts:
             return np.zeros((0, DIMENSION), dtype=np.float32)
         import torch
@@ -99,9 +99,8 @@ class SentenceEncoder:
                         max_length=width,
                         return_tensors="pt",
                     )
-                    output = self._model(dict(features))["sentence_embedding"]
-                    # The bundled pipeline ends in a Normalize module. This keeps unit length if a model lacks one.
-                    vectors[batch] = torch.nn.functional.normalize(output, dim=1).numpy()
+                    # The pinned model's pipeline ends in a Normalize module, so the rows have unit length.
+                    vectors[batch] = self._model(dict(features))["sentence_embedding"].numpy()
         except (RuntimeError, ValueError) as error:
             raise DetectorError(f"embedding a batch of {len(texts)} texts failed: {error}") from error
         return vectors

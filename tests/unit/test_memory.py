@@ -1,4 +1,4 @@
-"""The worker's fixed glibc mmap threshold: large freed blocks go back to the system."""
+"""The worker's optional fixed glibc mmap threshold: large freed blocks go back to the system."""
 
 import os
 import platform
